@@ -1,0 +1,110 @@
+"""``iratrainer bench``: the project's benchmarks, one JSON object per line.
+
+Each figure is the median of repeated timed runs after a warm-up, printed as
+``{"name": ..., "value": ..., "unit": ..., "workload": ..., "repeats": ...}``.
+Groups: ``anatomy`` (and later ``physics``, ``render``, ...); no group runs them all.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+__all__ = ["GROUPS", "run_benchmarks", "median_rate"]
+
+
+def median_rate(fn: Callable[[], Any], work: float, repeats: int, min_time_s: float = 0.05) -> float:
+    """Median over ``repeats`` of ``work / seconds`` for one call of ``fn`` (warm-up excluded).
+
+    Each sample loops ``fn`` until at least ``min_time_s`` has passed, so that timer
+    resolution does not dominate short calls.
+    """
+    fn()
+    rates = []
+    for _ in range(repeats):
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            fn()
+            n += 1
+            dt = time.perf_counter() - t0
+            if dt >= min_time_s:
+                break
+        rates.append(work * n / dt)
+    return float(statistics.median(rates))
+
+
+def bench_anatomy(repeats: int = 15) -> Iterator[dict[str, Any]]:
+    """Signed-distance queries per second, batches of 1,000 points, against the full atlas."""
+    from iratrainer.anatomy.atlas import build_atlas
+
+    tree = build_atlas()
+    t0 = time.perf_counter()
+    tree.lumen_index  # noqa: B018 - builds and caches the index
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    # points where devices live: inside and near the lumen, spread along every branch
+    seg = rng.integers(0, tree.n_segments, 1000)
+    t = rng.random(1000)
+    centre = tree.seg_a[seg] + t[:, None] * (tree.seg_b[seg] - tree.seg_a[seg])
+    r = tree.seg_ra[seg]
+    direction = rng.normal(size=(1000, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    pts = centre + direction * (r * rng.uniform(0.0, 1.3, 1000))[:, None]
+    rate = median_rate(lambda: tree.signed_distance(pts), 1000, repeats)
+    yield {
+        "name": "anatomy.lumen_distance",
+        "value": round(rate),
+        "unit": "points/s",
+        "workload": (
+            f"signed distance + nearest centerline point, batches of 1000 points within 1.3 radii "
+            f"of the centerline, full atlas ({len(tree)} branches, {tree.n_segments} segments), "
+            f"one thread"
+        ),
+        "repeats": repeats,
+    }
+    full = median_rate(lambda: tree.query(pts), 1000, repeats)
+    yield {
+        "name": "anatomy.lumen_query_full",
+        "value": round(full),
+        "unit": "points/s",
+        "workload": "as anatomy.lumen_distance, returning branch, arc length, closest point, radius",
+        "repeats": repeats,
+    }
+    yield {
+        "name": "anatomy.index_build_s",
+        "value": round(build_s, 4),
+        "unit": "s",
+        "workload": f"build the lumen grid index of the full atlas (cell {tree.lumen_index.cell} mm)",
+        "repeats": 1,
+    }
+    atlas_s = 1.0 / median_rate(build_atlas, 1.0, 5, min_time_s=0.0)
+    yield {
+        "name": "anatomy.atlas_build_s",
+        "value": round(atlas_s, 4),
+        "unit": "s",
+        "workload": "build the default reference atlas (type I arch)",
+        "repeats": 5,
+    }
+
+
+GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
+    "anatomy": bench_anatomy,
+}
+
+
+def run_benchmarks(groups: list[str] | None = None, repeats: int | None = None) -> Iterator[str]:
+    """Yield one JSON line per figure for the chosen groups (all when ``groups`` is empty)."""
+    names = groups or list(GROUPS)
+    for g in names:
+        kwargs = {} if repeats is None else {"repeats": repeats}
+        for row in GROUPS[g](**kwargs):
+            row.setdefault("machine", f"{platform.machine()} {platform.python_implementation()} "
+                                      f"{platform.python_version()}")
+            yield json.dumps(row)

@@ -1,0 +1,225 @@
+"""The ``iratrainer`` command line: thin commands over the packages.
+
+``main(argv)`` is callable from tests. A user error (bad file, bad parameter) prints one
+line ``iratrainer: error: ...`` on stderr and returns 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from iratrainer import __version__
+from iratrainer.errors import IratrainerError
+
+__all__ = ["main", "build_parser", "user_data_dir"]
+
+
+def user_data_dir() -> Path:
+    """The per-user data folder (models, previews, the records database), created on demand.
+
+    ``IRATRAINER_HOME`` overrides it (tests and portable installs).
+    """
+    env = os.environ.get("IRATRAINER_HOME")
+    if env:
+        p = Path(env)
+    else:
+        from platformdirs import user_data_path
+
+        p = user_data_path("iratrainer", appauthor=False)
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_atlas(args: argparse.Namespace) -> int:
+    from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+    from iratrainer.anatomy.io import save_vessels
+
+    tree = build_atlas(AtlasParams(arch=args.arch, seed=args.seed, tortuosity=args.tortuosity,
+                                   bovine=args.bovine))
+    out = save_vessels(tree, args.out)
+    msg = f"wrote {out}: {len(tree)} branches, {tree.total_length_mm:.0f} mm of centerline"
+    if args.vtp:
+        from iratrainer.anatomy.io import export_vtp
+
+        export_vtp(tree, args.vtp)
+        msg += f"; {args.vtp}"
+    if args.preview:
+        from iratrainer.anatomy.preview import save_preview
+
+        title = (f"iratrainer atlas: arch type {args.arch}{' bovine' if args.bovine else ''}, "
+                 f"seed {args.seed}, tortuosity {args.tortuosity}")
+        save_preview(tree, args.preview, title)
+        msg += f"; preview {args.preview}"
+    print(msg)
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from iratrainer.anatomy.io import export_vtp, load_vessels
+
+    status = 0
+    for path in args.paths:
+        try:
+            tree = load_vessels(path)
+        except IratrainerError as exc:
+            print(f"iratrainer: error: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        radii = [b.radii_mm for b in tree.branches]
+        lo = min(float(r.min()) for r in radii)
+        hi = max(float(r.max()) for r in radii)
+        print(f"{path}: ok, {len(tree)} branches, root {tree.root}, "
+              f"{tree.total_length_mm:.0f} mm of centerline, radius {lo:.2f}-{hi:.2f} mm")
+        if args.vtp:
+            out = Path(args.vtp)
+            if len(args.paths) > 1:
+                out = out / (Path(path).name.removesuffix(".json").removesuffix(".vessels")
+                             + ".vtp")
+            export_vtp(tree, out)
+            print(f"  exported {out}")
+        if args.preview:
+            from iratrainer.anatomy.preview import save_preview
+
+            save_preview(tree, args.preview)
+            print(f"  preview {args.preview}")
+    return status
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from iratrainer.bench import GROUPS, run_benchmarks
+
+    unknown = [g for g in args.groups if g not in GROUPS]
+    if unknown:
+        raise IratrainerError(
+            f"unknown benchmark group {unknown[0]!r}; choose from {', '.join(GROUPS)}"
+        )
+    for line in run_benchmarks(args.groups, args.repeats):
+        print(line, flush=True)
+    return 0
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    """The main job until the trainer window lands: the atlas preview, shown or written."""
+    from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+    from iratrainer.anatomy.preview import save_preview
+
+    out = Path(args.out) if args.out else user_data_dir() / "atlas-preview.png"
+    tree = build_atlas(AtlasParams(arch=args.arch))
+    save_preview(tree, out, f"iratrainer reference atlas, arch type {args.arch}")
+    print(f"iratrainer {__version__}: reference atlas ({len(tree)} branches) preview at {out}")
+    if args.no_window or not _has_display():
+        print("no display found: the preview was written to the file above "
+              "(set DISPLAY, or run on a desktop, to see it in a window)")
+        return 0
+    return _show_image_window(out)
+
+
+def _has_display() -> bool:
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _show_image_window(path: Path) -> int:  # pragma: no cover - needs a display
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    import pygame
+
+    pygame.init()
+    try:
+        img = pygame.image.load(str(path))
+        screen = pygame.display.set_mode(img.get_size())
+        pygame.display.set_caption("iratrainer: reference atlas (close the window to quit)")
+        screen.blit(img, (0, 0))
+        pygame.display.flip()
+        clock = pygame.time.Clock()
+        while True:
+            for ev in pygame.event.get():
+                if ev.type == pygame.QUIT or (ev.type == pygame.KEYDOWN
+                                              and ev.key in (pygame.K_ESCAPE, pygame.K_q)):
+                    return 0
+            clock.tick(30)
+    except pygame.error as exc:
+        print(f"iratrainer: cannot open a window ({exc}); the preview is at {path}",
+              file=sys.stderr)
+        return 0
+    finally:
+        pygame.quit()
+
+
+# ---------------------------------------------------------------------- parser
+def _seed(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (tests check that each has help)."""
+    p = argparse.ArgumentParser(
+        prog="iratrainer",
+        description="Interventional radiology simulation trainer (stroke thrombectomy). "
+        "With no command: open the main view.",
+    )
+    p.add_argument("--version", action="version", version=f"iratrainer {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser("atlas", help="build the reference neurovascular atlas as a model file",
+                       description="Build a patient-average anatomy, femoral arteries to the "
+                       "cortical MCA branches, from published dimensions.")
+    a.add_argument("--arch", choices=["I", "II", "III"], default="I", help="aortic arch type")
+    a.add_argument("--seed", type=_seed, default=None,
+                   help="vary dimensions within their published spread (default: the mean)")
+    a.add_argument("--tortuosity", type=float, default=1.0,
+                   help="cervical tortuosity scale, 0 (straight) to 3; 1 is average")
+    a.add_argument("--bovine", action="store_true", help="left CCA from the brachiocephalic trunk")
+    a.add_argument("--out", required=True, help="output MODEL.vessels.json")
+    a.add_argument("--preview", help="also write a PNG with three orthogonal projections")
+    a.add_argument("--vtp", help="also export VTK PolyData (.vtp) for 3D Slicer / ParaView / vmtk")
+    a.set_defaults(func=_cmd_atlas)
+
+    m = sub.add_parser("model", help="validate, describe and export *.vessels.json models",
+                       description="Load each model with validation and print a summary.")
+    m.add_argument("paths", nargs="+", help="MODEL.vessels.json files")
+    m.add_argument("--vtp", help="export to this .vtp (a folder when several models are given)")
+    m.add_argument("--preview", help="write a PNG preview")
+    m.set_defaults(func=_cmd_model)
+
+    b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
+                       description="Benchmarks (medians of repeated runs). Groups: anatomy.")
+    b.add_argument("groups", nargs="*", help="groups to run (default: all)")
+    b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
+    b.set_defaults(func=_cmd_bench)
+
+    v = sub.add_parser("preview", help="write (and show, if a display exists) the atlas preview",
+                       description="The main view until the trainer window lands.")
+    v.add_argument("--arch", choices=["I", "II", "III"], default="I")
+    v.add_argument("--out", help="PNG path (default: in the user data folder)")
+    v.add_argument("--no-window", action="store_true", help="only write the PNG")
+    v.set_defaults(func=_cmd_preview)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error)."""
+    parser = build_parser()
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command is None:
+        args = parser.parse_args(["preview"])
+    try:
+        return int(args.func(args))
+    except IratrainerError as exc:
+        print(f"iratrainer: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iratrainer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
