@@ -265,15 +265,21 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
     f = b.factor
     ref = DIAMETER_REFERENCE_MM
 
+    def cv(key: str) -> float:
+        """Coefficient of variation (SD / mean) of a published diameter."""
+        return ref[key][1] / ref[key][0]
+
     # ---------------- aorta (root: aortic valve) --------------------------------------
     a_h = _ARCH_HALF_WIDTH
     b_v = _ARCH_HEIGHT[prm.arch]
     u = np.array([0.50, 0.866, 0.0])  # arch plane: right-anterior -> left-posterior
     centre = np.array([0.0, 0.0, -b_v])
     th = np.linspace(np.pi, 0.0, 9)
-    arch_pts = centre + a_h * np.cos(th)[:, None] * u + b_v * np.sin(th)[:, None] * np.array(
-        [0.0, 0.0, 1.0]
-    )
+    normal = np.array([-0.866, 0.50, 0.0])  # horizontal, perpendicular to the arch plane
+    arch_pts = (centre + a_h * np.cos(th)[:, None] * u
+                + b_v * np.sin(th)[:, None] * np.array([0.0, 0.0, 1.0])
+                # the arch is not quite planar: its limbs twist out of the plane
+                + (5.0 * (1.0 - np.sin(th)) * np.sign(np.cos(th)))[:, None] * normal)
     start = arch_pts[0]
     fa = f("AORTA", 0.08)
     b.add("AO_ASC", [start + [4, -4, -55], start + [2, -4, -30], start], [31 * fa, 31 * fa, 30 * fa],
@@ -283,14 +289,14 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
     end = arch_pts[-1]
     b.add("AO_DESC", [end + [0, 3, -30], [14, 36, -120], [8, 34, -250]],
           [23 * fa, 22 * fa, 21 * fa], parent="AO_ARCH", jitter_mm=0.0, spacing=2.0)
-    fabd = f("AO_ABD", 1.5 / 15.5)
+    fabd = f("AO_ABD", cv("AO_ABD_INFRARENAL"))
     b.add("AO_ABD", [[4, 26, -330], [2, 16, -400], [0, 10, -430]],
           [19 * fabd, 16.5 * fabd, ref["AO_ABD_INFRARENAL"][0] * fabd],
           parent="AO_DESC", jitter_mm=0.0, spacing=2.0)
 
     # ---------------- iliac and femoral (both sides) -----------------------------------
     for side, sx in (("L", 1.0), ("R", -1.0)):
-        fc, fe, ff = f(f"{side}_CIA", 0.11), f(f"{side}_EIA", 0.11), f(f"{side}_CFA", 0.11)
+        fc, fe, ff = f(f"{side}_CIA", cv("CIA")), f(f"{side}_EIA", cv("EIA")), f(f"{side}_CFA", cv("CFA"))
         b.add(f"{side}_CIA", [[sx * 17, 8, -455], [sx * 31, 6, -482]],
               [ref["CIA"][0] * fc] * 2, parent="AO_ABD", jitter_mm=0.8)
         b.add(f"{side}_EIA",
@@ -300,7 +306,7 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
               [ref["CFA"][0] * ff] * 2, parent=f"{side}_EIA", jitter_mm=0.8)
 
     # ---------------- supra-aortic trunks ---------------------------------------------
-    dcca = {s: ref["CCA"][0] * f(f"{s}_CCA", 0.10) for s in ("L", "R")}
+    dcca = {s: ref["CCA"][0] * f(f"{s}_CCA", cv("CCA")) for s in ("L", "R")}
     d_ref = 0.5 * (dcca["L"] + dcca["R"])
     arch = b.branches["AO_ARCH"]
     top_z = float(arch.points_mm[:, 2].max())
@@ -316,7 +322,8 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
         b.add("L_CCA", [[2, -16, 24], [14, -12, 45], [25, -8, 75], [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="BCT", at=6.0, jitter_mm=1.0)
     else:
-        b.add("L_CCA", [[10, -8, 14], [22, -9, 45], [27, -7, 75], [29, -6, 100], [30, -5, 112]],
+        b.add("L_CCA", [[10, -8, 14], [22 + 2 * T, -9 - 2 * T, 45], [27 - 2 * T, -7 + 2 * T, 75],
+                        [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="AO_ARCH", at=s_bct + 13.0, jitter_mm=1.0)
     fsl = f("L_SCA", 0.10)
     b.add("L_SCA", [[24, 14, 18], [34, 8, 36], [52, 4, 42], [72, 2, 36], [95, 6, 18]],
@@ -325,7 +332,8 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
     fsr = f("R_SCA", 0.10)
     b.add("R_SCA", [[-40, -9, 43], [-60, -4, 43], [-82, 0, 32], [-100, 5, 16]],
           np.array([9.5, 8.5, 7.5, 6.5]) * fsr, parent="BCT", jitter_mm=1.0)
-    b.add("R_CCA", [[-27, -10, 62], [-30, -7, 95], [-31, -5, 122]], [dcca["R"]] * 3,
+    b.add("R_CCA", [[-27 + 1.5 * T, -10 - 1.5 * T, 62], [-30 - 1.5 * T, -7 + 1.5 * T, 95],
+                    [-31, -5, 122]], [dcca["R"]] * 3,
           parent="BCT", jitter_mm=1.0)
 
     # ---------------- vertebrobasilar ---------------------------------------------------
@@ -355,11 +363,11 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
         b.add(f"{side}_ECA", _mirror_if(sx, [[27, -13, 126], [29, -19, 145], [34, -21, 165],
                                              [44, -16, 186]]),
               np.array([4.6, 4.3, 3.9, 3.4, 3.0]) * fe, parent=f"{side}_CCA", jitter_mm=1.0)
-        fbulb = f(f"{side}_ICA_BULB", 0.13)
-        fcer = f(f"{side}_ICA_CERV", 0.10)
-        fcav = f(f"{side}_ICA_CAV", 0.12)
-        fter = f(f"{side}_ICA_TERM", 0.11)
-        w = 2.2 * T
+        fbulb = f(f"{side}_ICA_BULB", cv("ICA_BULB"))
+        fcer = f(f"{side}_ICA_CERV", cv("ICA_CERVICAL"))
+        fcav = f(f"{side}_ICA_CAV", cv("ICA_CAVERNOUS"))
+        fter = f(f"{side}_ICA_TERM", cv("ICA_TERMINUS"))
+        w = 1.5 * T
         ica = [[31, -1, 120],  # bulb, posterolateral
                [31 + 3.5 * w, 3 + 1.5 * w, 132], [29 - 4.0 * w, 6 + 2.0 * w, 146],
                [29 + 3.5 * w, 5 - 1.0 * w, 160], [28 - 1.5 * w, 5, 172],
@@ -390,21 +398,21 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
               [1.2, 1.2, 1.1], parent=f"{side}_ICA", at=float(ica_b.arc_mm[i_pcom]),
               jitter_mm=0.3, absolute_end=True)
         # M1 and its bifurcation (M1 length 16.9-20.6 mm, REFERENCE.md)
-        fm1 = f(f"{side}_M1", 0.13)
+        fm1 = f(f"{side}_M1", cv("MCA_M1"))
         b.add(f"{side}_MCA_M1", _mirror_if(sx, [[22, -15, 222], [31.5, -13, 223.5]]),
               np.array([3.3, 3.1, 2.9]) * fm1, parent=f"{side}_ICA", jitter_mm=0.3)
         b.add(f"{side}_MCA_LSA1", _mirror_if(sx, [[20, -12, 230], [21, -9, 240]]),
               [0.5, 0.45, 0.4], parent=f"{side}_MCA_M1", at=5.0, jitter_mm=0.3)
         b.add(f"{side}_MCA_LSA2", _mirror_if(sx, [[26, -11, 231], [28, -8, 241]]),
               [0.5, 0.45, 0.4], parent=f"{side}_MCA_M1", at=10.0, jitter_mm=0.3)
-        fm2 = f(f"{side}_M2", 0.17)
+        fm2 = f(f"{side}_M2", cv("MCA_M2"))
         dm2 = ref["MCA_M2"][0] * fm2
         b.add(f"{side}_MCA_M2_SUP", _mirror_if(sx, [[37, -13, 230], [41, -8, 240], [44, 2, 248]]),
               [dm2, dm2, 0.9 * dm2, 0.8 * dm2], parent=f"{side}_MCA_M1", jitter_mm=0.6)
         b.add(f"{side}_MCA_M2_INF", _mirror_if(sx, [[38, -9, 219], [43, 1, 215], [46, 13, 213]]),
               [dm2, dm2, 0.9 * dm2, 0.8 * dm2], parent=f"{side}_MCA_M1", jitter_mm=0.6)
         # A1 (~14 mm), A2 along the corpus callosum
-        fa1 = f(f"{side}_A1", 0.15)
+        fa1 = f(f"{side}_A1", cv("ACA_A1"))
         b.add(f"{side}_ACA_A1", _mirror_if(sx, [[8, -19, 224], [1.5, -24, 226]]),
               np.array([2.1, 2.05, 2.0]) * fa1, parent=f"{side}_ICA", jitter_mm=0.2,
               absolute_end=True)
@@ -413,7 +421,7 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
               np.array([2.0, 1.9, 1.8, 1.6, 1.4]) * fa1, parent=f"{side}_ACA_A1", jitter_mm=0.6)
     # anterior communicating artery: from the left A1 end to the right A1 end (~3 mm)
     r_a1_end = b.branches["R_ACA_A1"].points_mm[-1]
-    b.add("ACOM", [_unplace(b, r_a1_end)], [1.16 * f("ACOM", 0.15)] * 2, parent="L_ACA_A1",
+    b.add("ACOM", [_unplace(b, r_a1_end)], [1.16 * f("ACOM", cv("ACOM"))] * 2, parent="L_ACA_A1",
           jitter_mm=0.0, absolute_end=True)
 
     # ---------------- cortical branches (territories for perfusion and emboli) ----------

@@ -190,6 +190,9 @@ def atomic_write_bytes(path: str | os.PathLike[str], payload: bytes) -> Path:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, p)
         tmp = None
     except OSError as exc:
