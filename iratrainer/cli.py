@@ -90,6 +90,71 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+    from iratrainer.anatomy.io import load_vessels
+    from iratrainer.imaging.chain import ChainSettings, PlaneChain
+    from iratrainer.imaging.dose import DoseMeter
+    from iratrainer.imaging.geometry import CArmPlane
+    from iratrainer.imaging.png import write_png
+    from iratrainer.imaging.render import ImageOptions
+    from iratrainer.imaging.scene import Scene, contrast_downstream, static_stack
+
+    if args.case:
+        raise IratrainerError(f"{args.case}: case files are not supported yet (they arrive with the "
+                              "cases-and-procedure work); use --atlas or --model")
+    out = Path(args.out)
+    suffix = out.suffix.lower()
+    if suffix not in (".png", ".dcm"):
+        raise IratrainerError(f"{out}: output must end in .png or .dcm")
+    if not out.parent.is_dir():
+        raise IratrainerError(f"{out}: folder {out.parent} does not exist")
+    tree = load_vessels(args.model) if args.model else build_atlas(AtlasParams(arch=args.atlas or "I"))
+    inject = args.inject or ("L_CCA" if "L_CCA" in tree else tree.root)
+    if inject not in tree:
+        raise IratrainerError(f"--inject: {inject!r} is not a branch of the model")
+    devices = ()
+    if args.devices and "R_CFA" in tree and "L_MCA_M1" in tree:
+        devices = static_stack(tree)
+    scene = Scene(tree, 0.0, devices)
+    iodine = contrast_downstream(tree, inject, args.iodine_mg_ml)
+    base = CArmPlane()
+    plane = CArmPlane(
+        name=args.plane, lao_deg=args.lao if args.lao is not None else (90.0 if args.plane == "lateral" else 0.0),
+        cran_deg=args.cran, isocentre_mm=tuple(args.isocentre), fov_cm=args.fov, collimation=args.collimation,
+        matrix=args.size, sid_mm=args.sid or base.sid_mm, sod_mm=args.sod or base.sod_mm)
+    plane, notes = plane.clamped()
+    for n in notes:
+        print(f"iratrainer: warning: {n}", file=sys.stderr)
+    options = ImageOptions(noise=not args.no_noise)
+    renderer = None
+    if args.backend == "gl":
+        from iratrainer.imaging.gl import make_gl_renderer
+
+        renderer = make_gl_renderer(warn=lambda m: print(f"iratrainer: warning: {m}", file=sys.stderr))
+    chain = PlaneChain(plane, DoseMeter(), np.random.default_rng(args.seed),
+                       ChainSettings(options=options, dsa_fps=args.fps), renderer=renderer)
+    if args.mode == "fluoro":
+        frames = [chain.fluoro_pulse(scene) for _ in range(args.pulses)]
+    else:
+        frames = chain.dsa_run(lambda t: scene.with_contrast(iodine if t > 0 else 0.0), args.duration)
+        if args.mode == "roadmap":
+            chain.store_roadmap()
+            frames = [chain.fluoro_pulse(scene) for _ in range(args.pulses)]
+    if suffix == ".png":
+        write_png(out, frames[-1].display)
+    else:
+        from iratrainer.imaging.dicom_export import write_xa_run
+
+        write_xa_run(out, frames, plane, series_description=f"iratrainer {args.mode} {args.plane}")
+    d = chain.dose
+    print(f"wrote {out}: {args.mode}, {args.plane}, {len(frames)} frame(s), {plane.matrix}x{plane.matrix}, "
+          f"Ka,r {d.kar_mgy:.3f} mGy, DAP {d.dap_gy_cm2:.4f} Gy.cm2")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from iratrainer.bench import GROUPS, run_benchmarks
 
@@ -189,6 +254,35 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--vtp", help="export to this .vtp (a folder when several models are given)")
     m.add_argument("--preview", help="write a PNG preview")
     m.set_defaults(func=_cmd_model)
+
+    r = sub.add_parser("render", help="render a fluoroscopy, DSA or roadmap image (PNG) or run (DICOM XA)",
+                       description="Simulated X-ray imaging of a vessel model on one C-arm plane.")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--atlas", choices=["I", "II", "III"], help="the reference atlas with this arch type")
+    src.add_argument("--case", help="a case file")
+    src.add_argument("--model", help="a MODEL.vessels.json")
+    r.add_argument("--plane", choices=["frontal", "lateral"], default="frontal")
+    r.add_argument("--mode", choices=["fluoro", "dsa", "roadmap"], default="fluoro")
+    r.add_argument("--backend", choices=["numpy", "gl"], default="numpy")
+    r.add_argument("--no-noise", action="store_true", help="no quantum noise")
+    r.add_argument("--out", required=True, help="FILE.png (last image) or FILE.dcm (the whole run, XA)")
+    r.add_argument("--size", type=int, default=512, help="image matrix (pixels)")
+    r.add_argument("--fov", type=float, default=22.0, help="zoom: field edge at the detector, cm (11-30)")
+    r.add_argument("--collimation", type=float, default=1.0, help="iris radius, fraction of the field")
+    r.add_argument("--lao", type=float, default=None, help="primary angle, degrees (LAO > 0)")
+    r.add_argument("--cran", type=float, default=0.0, help="secondary angle, degrees (cranial > 0)")
+    r.add_argument("--sid", type=float, default=None, help="source-detector distance, mm")
+    r.add_argument("--sod", type=float, default=None, help="source-isocentre distance, mm")
+    r.add_argument("--isocentre", type=float, nargs=3, default=[0.0, 5.0, 215.0], metavar=("X", "Y", "Z"),
+                   help="isocentre in patient LPS mm (table position)")
+    r.add_argument("--inject", help="branch where contrast is injected (default L_CCA)")
+    r.add_argument("--iodine-mg-ml", type=float, default=150.0, help="iodine in filled vessels, mg/mL")
+    r.add_argument("--no-devices", dest="devices", action="store_false", help="no catheter stack")
+    r.add_argument("--duration", type=float, default=3.0, help="DSA run length, s")
+    r.add_argument("--fps", type=float, default=3.0, help="DSA frame rate, frames/s")
+    r.add_argument("--pulses", type=int, default=4, help="fluoroscopy pulses (recursive filter warm-up)")
+    r.add_argument("--seed", type=_seed, default=0, help="noise seed")
+    r.set_defaults(func=_cmd_render)
 
     b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
                        description="Benchmarks (medians of repeated runs). Groups: anatomy.")
