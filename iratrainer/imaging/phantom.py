@@ -49,9 +49,9 @@ class Phantom:
 
     def arrays(self, e_kev: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Centres (K,3), rotations (K,3,3), semi-axes (K,3) and μ (K,) in 1/mm at ``e_kev``."""
-        c = np.array([p.centre for p in self.parts], dtype=np.float64)
-        r = np.array([p.rotation for p in self.parts], dtype=np.float64)
-        s = np.array([p.semi_axes for p in self.parts], dtype=np.float64)
+        c = np.array([p.centre for p in self.parts], dtype=np.float64).reshape(-1, 3)
+        r = np.array([p.rotation for p in self.parts], dtype=np.float64).reshape(-1, 3, 3)
+        s = np.array([p.semi_axes for p in self.parts], dtype=np.float64).reshape(-1, 3)
         mu = np.array([p.sign * _mu(p.material, e_kev) for p in self.parts])
         return c, r, s, mu
 

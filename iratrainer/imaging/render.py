@@ -100,11 +100,18 @@ def device_segments(dev: DeviceShape, e_kev: float) -> list[tuple[np.ndarray, np
 
 
 class CpuRenderer:
-    """Line integrals on the CPU; caches the background per geometry and energy."""
+    """Line integrals on the CPU; caches the background per geometry and energy.
+
+    Args:
+        vessel_supersample, device_supersample: rays per pixel along each axis for the
+            vessels and the devices (devices are thinner than a pixel: 3 by default).
+    """
 
     name = "numpy"
 
-    def __init__(self) -> None:
+    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 3) -> None:
+        self.vessel_supersample = vessel_supersample
+        self.device_supersample = device_supersample
         self._bg_cache: dict[tuple[object, ...], np.ndarray] = {}
 
     def background(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
@@ -128,14 +135,14 @@ class CpuRenderer:
             return np.zeros((plane.matrix, plane.matrix))
         mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c  # per mg/mL
         r = 0.5 * (t.seg_ra + t.seg_rb)
-        return capsule_union_integrals(plane, t.seg_a, t.seg_b, r, mu)
+        return capsule_union_integrals(plane, t.seg_a, t.seg_b, r, mu, self.vessel_supersample)
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Sum over devices of their attenuation."""
         out = np.zeros((plane.matrix, plane.matrix))
         for dev in scene.devices:
             for a, b, r, mu in device_segments(dev, e_kev):
-                out += capsule_union_integrals(plane, a, b, r, mu)
+                out += capsule_union_integrals(plane, a, b, r, mu, self.device_supersample)
         return out
 
     def line_integrals(self, scene: Scene, plane: CArmPlane, e_kev: float) -> LineIntegrals:

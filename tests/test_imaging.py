@@ -1,0 +1,286 @@
+"""Imaging checked against geometry and physics: projection, Beer-Lambert, Poisson, dose."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from iratrainer.anatomy.tree import Branch, VesselTree
+from iratrainer.imaging.chain import ChainSettings, PlaneChain
+from iratrainer.imaging.dose import DoseMeter
+from iratrainer.imaging.geometry import CArmPlane, frontal, lateral
+from iratrainer.imaging.phantom import Phantom
+from iratrainer.imaging.raycast import capsule_union_integrals, ellipsoid_integrals
+from iratrainer.imaging.render import CpuRenderer, ImageOptions, form_image, unattenuated_counts
+from iratrainer.imaging.scene import DeviceShape, Scene
+from iratrainer.imaging.xray import (
+    TECHNIQUES,
+    Technique,
+    linear_attenuation_per_mm,
+    mass_attenuation,
+    photons_per_mm2_per_ugy,
+)
+
+EMPTY = Phantom(())
+QUIET = ImageOptions(noise=False, blur_px=0.0, vignetting=0.0)
+
+
+def small_plane(**kw) -> CArmPlane:
+    base = dict(isocentre_mm=(0.0, 0.0, 0.0), fov_cm=11.0, matrix=96)
+    base.update(kw)
+    return CArmPlane(**base)
+
+
+# ---------------------------------------------------------------- geometry
+def test_beam_and_image_axes_conventions():
+    f, lat = frontal(), lateral()
+    np.testing.assert_allclose(f.beam, [0, -1, 0], atol=1e-12)  # posterior -> anterior
+    np.testing.assert_allclose(f.u, [1, 0, 0], atol=1e-12)  # patient's left on the image right
+    np.testing.assert_allclose(f.v, [0, 0, -1], atol=1e-12)  # head at the top
+    np.testing.assert_allclose(lat.beam, [1, 0, 0], atol=1e-12)  # detector on the patient's left
+    np.testing.assert_allclose(lat.u, [0, 1, 0], atol=1e-12)  # anterior on the image left
+    cran = CArmPlane(cran_deg=30.0)
+    assert cran.beam[2] == pytest.approx(np.sin(np.radians(30)))
+    for p in (f, lat, CArmPlane(lao_deg=-35, cran_deg=20)):
+        m = np.vstack([p.u, p.v, p.beam])
+        np.testing.assert_allclose(m @ m.T, np.eye(3), atol=1e-12)
+
+
+def test_projection_matrix_magnification_and_rays():
+    p = CArmPlane(lao_deg=25.0, cran_deg=-10.0, isocentre_mm=(3.0, -4.0, 200.0), matrix=256)
+    (c,), _ = p.project(np.array(p.isocentre_mm))
+    np.testing.assert_allclose(c, [128.0, 128.0], atol=1e-9)
+    # 10 mm along u at the isocentre spans 10 * SID/SOD / pixel pixels
+    pts = np.array(p.isocentre_mm) + np.outer([0.0, 10.0], p.u)
+    px, _ = p.project(pts)
+    assert px[1, 0] - px[0, 0] == pytest.approx(10 * p.magnification / p.pixel_mm, rel=1e-12)
+    # the ray through a pixel centre projects back onto that pixel centre
+    src, rays = p.pixel_rays()
+    pt = src + 700.0 * rays[40, 200]
+    (back,), _ = p.project(pt)
+    np.testing.assert_allclose(back, [200.5, 40.5], atol=1e-9)
+
+
+def test_out_of_range_settings_are_clamped_and_reported():
+    p, notes = CArmPlane(lao_deg=200.0, cran_deg=-80.0, fov_cm=50.0, sid_mm=float("nan")).clamped()
+    assert (p.lao_deg, p.cran_deg, p.fov_cm) == (120.0, -45.0, 30.0)
+    assert np.isfinite(p.sid_mm)
+    fields = {n.field for n in notes}
+    assert {"lao_deg", "cran_deg", "fov_cm", "sid_mm"} <= fields
+    assert "clamped" in str(notes[0])
+
+
+# ---------------------------------------------------------------- ray casting
+def _analytic_cylinder_chords(p: CArmPlane, r: float) -> np.ndarray:
+    """Independent reference: chord of each pixel ray through the infinite cylinder y² + z² = r²."""
+    s, d = p.pixel_rays()
+    a = d[..., 1] ** 2 + d[..., 2] ** 2
+    b = 2 * (s[1] * d[..., 1] + s[2] * d[..., 2])
+    c = s[1] ** 2 + s[2] ** 2 - r * r
+    disc = b * b - 4 * a * c
+    return np.where(disc > 0, np.sqrt(np.maximum(disc, 0)) / a, 0.0)
+
+
+def test_capsule_chord_matches_analytic_cylinder():
+    p = small_plane()
+    r = 4.0
+    L = capsule_union_integrals(p, np.array([[-200.0, 0, 0]]), np.array([[200.0, 0, 0]]),
+                                np.array([r]), np.array([1.0]))
+    np.testing.assert_allclose(L, _analytic_cylinder_chords(p, r), atol=1e-9)
+    assert L.max() == pytest.approx(2 * r, rel=5e-3)  # pixel centres sit half a pixel off the axis
+
+
+def test_union_counts_overlaps_once_with_largest_mu():
+    p = small_plane()
+    one = capsule_union_integrals(p, np.array([[-50.0, 0, 0]]), np.array([[50.0, 0, 0]]),
+                                  np.array([3.0]), np.array([0.2]))
+    # the same tube as 7 overlapping pieces, plus a sphere inside it
+    xs = np.linspace(-50, 50, 8)
+    a = np.stack([xs[:-1] - 2, np.zeros(7), np.zeros(7)], 1)
+    b = np.stack([xs[1:] + 2, np.zeros(7), np.zeros(7)], 1)
+    a = np.vstack([a, [[0, 0, 0]]])
+    b = np.vstack([b, [[0, 0, 0]]])
+    pieces = capsule_union_integrals(p, np.clip(a, -50, 50), np.clip(b, -50, 50),
+                                     np.r_[np.full(7, 3.0), 2.0], np.r_[np.full(7, 0.2), 0.1])
+    np.testing.assert_allclose(pieces, one, atol=1e-9)
+    # a denser sphere inside: along rays through it, its μ wins over its chord
+    hot = capsule_union_integrals(p, a, b, np.r_[np.full(7, 3.0), 2.0], np.r_[np.full(7, 0.2), 1.0])
+    s, d = p.pixel_rays()
+    c = p.matrix // 2
+    dist2 = s @ s - (s @ d[c, c]) ** 2
+    sphere_chord = 2 * np.sqrt(4.0 - dist2)
+    assert hot[c, c] == pytest.approx(one[c, c] + 0.8 * sphere_chord, rel=1e-9)
+
+
+def test_ellipsoid_chord_matches_sphere_formula():
+    p = small_plane()
+    s, d = p.pixel_rays()
+    R = 20.0
+    L = ellipsoid_integrals(p, np.zeros((1, 3)), np.eye(3)[None], np.full((1, 3), R), np.array([0.5]))
+    # distance of the centre (origin) from each ray
+    proj = -(s @ d.reshape(-1, 3).T).reshape(d.shape[:2])
+    dist2 = s @ s - proj ** 2
+    ref = 0.5 * 2 * np.sqrt(np.maximum(R * R - dist2, 0))
+    np.testing.assert_allclose(L, ref, atol=1e-9)
+
+
+# ---------------------------------------------------------------- X-ray physics
+def test_iodine_attenuation_is_the_published_table():
+    # REFERENCE.md (NIST XCOM): cm²/g
+    for e, mu in ((30, 8.56), (40, 22.1), (50, 12.3), (60, 7.58), (80, 3.51)):
+        assert mass_attenuation("iodine", e) == pytest.approx(mu, rel=1e-9)
+    assert mass_attenuation("iodine", 33.0) < 7.0 < 30.0 < mass_attenuation("iodine", 33.5)  # K-edge
+    assert linear_attenuation_per_mm("iodine", 40.0, 0.15) == pytest.approx(22.1 * 0.15 / 10)
+
+
+def test_fluence_per_kerma_from_first_principles():
+    # Φ/K = 1/(E μen/ρ): at 40 keV, μen/ρ(air) = 0.06833 cm²/g -> 2.28e4 photons/mm²/µGy
+    assert photons_per_mm2_per_ugy(40.0) == pytest.approx(2.283e4, rel=2e-3)
+
+
+def _tube_tree(r: float = 2.0) -> VesselTree:
+    s = np.linspace(-80, 80, 81)
+    pts = np.stack([s, np.zeros_like(s), np.zeros_like(s)], 1)
+    return VesselTree([Branch("V", None, 0, pts, np.full(81, r))])
+
+
+def test_beer_lambert_with_iodine_in_a_vessel():
+    """Noise off: the log image equals μ_I(E)·c·chord through the vessel, per pixel."""
+    tree = _tube_tree(2.0)
+    p = small_plane()
+    tech = Technique(kv=76.0, mas=1.0)  # effective energy 50 keV: μ/ρ(I) = 12.3 cm²/g
+    assert tech.energy_kev == pytest.approx(50.0)
+    scene = Scene(tree, 200.0, (), EMPTY)  # 200 mgI/mL
+    L = CpuRenderer().line_integrals(scene, p, tech.energy_kev).total
+    lhat = form_image(L, p, tech, QUIET, None)
+    chords = _analytic_cylinder_chords(p, 2.0)
+    expected = 12.3 * 0.200 / 10.0 * chords
+    inside = p.field_mask() == 1.0
+    np.testing.assert_allclose(lhat[inside], expected[inside], atol=1e-6)
+
+
+def test_poisson_statistics_and_detector_counts():
+    p = small_plane(matrix=128)
+    tech = TECHNIQUES["fluoro_normal"]
+    n0 = unattenuated_counts(p, tech)
+    # N0 = Ka(SID) · Φ/K · pixel² · DQE, recomputed independently
+    k = tech.air_kerma_ugy(p.sid_mm)
+    assert n0 == pytest.approx(k * photons_per_mm2_per_ugy(tech.energy_kev) * p.pixel_mm ** 2 * 0.65)
+    L = np.full((128, 128), 3.0)
+    rng = np.random.default_rng(5)
+    opts = ImageOptions(noise=True, blur_px=0.0, vignetting=0.0)
+    samples = np.stack([form_image(L, p, tech, opts, rng) for _ in range(40)])
+    counts = n0 * np.exp(-samples[:, 40:88, 40:88])
+    mean = n0 * np.exp(-3.0)
+    assert counts.mean() == pytest.approx(mean, rel=0.01)
+    assert counts.var() == pytest.approx(mean, rel=0.05)  # Poisson: variance = mean
+
+
+# ---------------------------------------------------------------- dose
+def test_dsa_frame_dose_matches_the_reference_example():
+    """REFERENCE.md: 70 kV, 1.9 mAs -> 0.042 mGy per frame (tens of µGy)."""
+    p = frontal()
+    e = DoseMeter.exposure(p, TECHNIQUES["dsa"], "acquisition")
+    assert e.kar_ugy == pytest.approx(42.0, rel=1e-9)
+    area = np.pi * (0.5 * p.fov_cm * (p.sod_mm - 150) / p.sid_mm) ** 2
+    assert e.field_area_cm2 == pytest.approx(area)
+    assert e.dap_gy_cm2 == pytest.approx(42e-6 * area)
+
+
+def test_fluoro_dose_rate_and_time():
+    p = frontal()
+    dm = DoseMeter()
+    ch = PlaneChain(p, dm, np.random.default_rng(0), ChainSettings(pps=15.0, dose_level="normal"))
+    scene = Scene(_tube_tree(), 0.0, (), EMPTY)
+    for _ in range(30):
+        ch.fluoro_pulse(scene)
+    pd = dm.planes["frontal"]
+    assert pd.fluoro_pulses == 30 and pd.fluoro_time_s == pytest.approx(2.0)
+    rate_mgy_min = pd.kar_mgy / pd.fluoro_time_s * 60
+    assert 2.0 < rate_mgy_min < 10.0  # typical neuro pulsed fluoroscopy, a few mGy/min
+    assert pd.acquisition_frames == 0
+    # collimating to half the radius divides the DAP rate by four, not the Ka,r
+    e1 = DoseMeter.exposure(p, TECHNIQUES["fluoro_normal"], "fluoro")
+    e2 = DoseMeter.exposure(CArmPlane(collimation=0.5), TECHNIQUES["fluoro_normal"], "fluoro")
+    assert e2.kar_ugy == e1.kar_ugy and e2.dap_gy_cm2 == pytest.approx(e1.dap_gy_cm2 / 4)
+
+
+# ---------------------------------------------------------------- modes
+def _scene_with_device() -> Scene:
+    tree = _tube_tree(2.0)
+    wire = DeviceShape("w", np.array([[0.0, 0.0, -60.0], [0.0, 0.0, -2.0]]) + [10, 0, 0], 0.3, 0.0,
+                       "nitinol")
+    return Scene(tree, 0.0, (wire,), EMPTY)
+
+
+def test_dsa_subtraction_cancels_background_and_devices():
+    p = small_plane()
+    ch = PlaneChain(p, DoseMeter(), np.random.default_rng(1), ChainSettings(options=QUIET))
+    sc = _scene_with_device()
+    frames = ch.dsa_run(lambda t: sc.with_contrast(150.0 if t > 0 else 0.0), 1.0)
+    assert frames[0].kind == "dsa_mask" and all(f.kind == "dsa" for f in frames[1:])
+    sub = frames[-1].lhat
+    chords = _analytic_cylinder_chords(p, 2.0)
+    vessel = chords > 0
+    assert np.abs(sub[~vessel]).max() < 1e-9  # device and background gone
+    mu = linear_attenuation_per_mm("iodine", TECHNIQUES["dsa"].energy_kev, 0.150)
+    inside = vessel & (p.field_mask() == 1.0)
+    np.testing.assert_allclose(sub[inside], mu * chords[inside], atol=1e-9)
+    assert frames[-1].display[inside].mean() < 0.3  # vessels dark on grey
+
+
+def test_roadmap_shows_vessels_white_and_devices_dark():
+    p = small_plane()
+    ch = PlaneChain(p, DoseMeter(), np.random.default_rng(1), ChainSettings(options=QUIET))
+    sc = _scene_with_device()
+    before = Scene(sc.tree, 0.0, (), EMPTY)  # the wire is brought in after the roadmap run
+    ch.dsa_run(lambda t: before.with_contrast(150.0 if t > 0 else 0.0), 1.0)
+    assert ch.store_roadmap() and ch.roadmap_active
+    fr = ch.fluoro_pulse(sc)
+    assert fr.kind == "roadmap"
+    chords = _analytic_cylinder_chords(p, 2.0)
+    ves = (chords > 3.0) & (p.field_mask() > 0.99)
+    col = p.project(np.array([[10.0, 0, -30.0]]))[0][0].astype(int)
+    assert fr.display[ves].mean() > 0.6
+    assert fr.display[col[1], col[0]] < 0.45
+    assert ch.last_image_hold().display is fr.display
+
+
+def test_recursive_filter_lowers_noise_as_predicted():
+    p = small_plane(matrix=64)
+    sc = Scene(_tube_tree(), 0.0, (), EMPTY)
+    opts = ImageOptions(noise=True, blur_px=0.0, vignetting=0.0)
+    var = {}
+    for a in (0.0, 0.5):
+        ch = PlaneChain(p, DoseMeter(), np.random.default_rng(2),
+                        ChainSettings(recursive_filter=a, options=opts))
+        frames = [ch.fluoro_pulse(sc).lhat[20:44, 20:44] for _ in range(60)]
+        var[a] = np.var(np.stack(frames[20:]), axis=0).mean()
+    # y = a y + (1-a) x on white noise: variance ratio (1-a)/(1+a) = 1/3
+    assert var[0.5] / var[0.0] == pytest.approx(1 / 3, rel=0.15)
+
+
+def test_same_seed_same_images():
+    p = small_plane()
+    sc = _scene_with_device()
+    imgs = []
+    for _ in range(2):
+        ch = PlaneChain(p, DoseMeter(), np.random.default_rng(42))
+        imgs.append(ch.fluoro_pulse(sc).display.tobytes())
+    assert imgs[0] == imgs[1]
+
+
+def test_thin_wire_keeps_its_volume_with_supersampling():
+    """Σ pixels (mean ∫μdl · pixel area) = μ · volume · M² for an object at the isocentre."""
+    p = small_plane(matrix=128)
+    r, half = 0.18, 20.0  # a 0.014 in microwire, 40 mm long, inside the field
+    a, b = np.array([[-half, 0.0, 5.0]]), np.array([[half, 0.0, 5.0]])
+    vol = np.pi * r * r * 2 * half + 4 / 3 * np.pi * r ** 3
+    for k, tol in ((3, 0.03), (4, 0.02)):
+        L = capsule_union_integrals(p, a, b, np.array([r]), np.array([1.0]), supersample=k)
+        total = L.sum() * p.pixel_mm ** 2
+        assert total == pytest.approx(vol * p.magnification ** 2, rel=tol)
+        # visible along its whole length: no gaps between pixel centres
+        row = int(round(p.project(np.array([[0.0, 0.0, 5.0]]))[0][0, 1] - 0.5))
+        cols = np.arange(30, 98)
+        assert np.all(L[row - 1:row + 2, cols].max(axis=0) > 0.05)
