@@ -104,12 +104,12 @@ class CpuRenderer:
 
     Args:
         vessel_supersample, device_supersample: rays per pixel along each axis for the
-            vessels and the devices (devices are thinner than a pixel: 3 by default).
+            vessels and the devices (devices are thinner than a pixel: 4 by default).
     """
 
     name = "numpy"
 
-    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 3) -> None:
+    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 4) -> None:
         self.vessel_supersample = vessel_supersample
         self.device_supersample = device_supersample
         self._bg_cache: dict[tuple[object, ...], np.ndarray] = {}
