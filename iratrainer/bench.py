@@ -94,8 +94,34 @@ def bench_anatomy(repeats: int = 15) -> Iterator[dict[str, Any]]:
     }
 
 
+def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
+    """Frames per second of the CPU reference renderer, full scene, noise and filtering on."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.chain import PlaneChain
+    from iratrainer.imaging.dose import DoseMeter
+    from iratrainer.imaging.geometry import frontal, lateral
+    from iratrainer.imaging.scene import Scene, contrast_downstream, static_stack
+
+    tree = build_atlas()
+    scene = Scene(tree, contrast_downstream(tree, "L_CCA"), static_stack(tree))
+    for size in (512, 1024):
+        for plane in (lateral(matrix=size), frontal(matrix=size)):
+            chain = PlaneChain(plane, DoseMeter(), np.random.default_rng(0))
+            fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
+            yield {
+                "name": f"render.numpy_{size}_fps" + ("" if plane.name == "lateral" else "_frontal"),
+                "value": round(fps, 2),
+                "unit": "frames/s",
+                "workload": (f"one {size}x{size} {plane.name} fluoroscopy pulse of the full atlas: iodine in "
+                             "the left carotid territory (union of tubes), 4-device stroke stack (4x4 rays/px), "
+                             "cached phantom background, Poisson noise, blur, recursive filter; one thread"),
+                "repeats": repeats,
+            }
+
+
 GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "anatomy": bench_anatomy,
+    "render": bench_render,
 }
 
 

@@ -25,6 +25,7 @@ object at the isocentre is ``SID / SOD``.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -189,17 +190,15 @@ class CArmPlane:
 
     def field_mask(self) -> np.ndarray:
         """(matrix, matrix) float: 1 inside the round collimated field, 0 outside, 1-pixel soft edge."""
-        n = self.matrix
-        k = np.arange(n) + 0.5 - n / 2.0
-        r = np.hypot(k[None, :], k[:, None])
-        edge = self.collimation * n / 2.0
-        return np.clip(edge - r + 0.5, 0.0, 1.0)
+        return _field_mask(self.matrix, self.collimation)
 
     def radius_fraction(self) -> np.ndarray:
         """(matrix, matrix) distance of each pixel from the centre, as a fraction of the half field."""
-        n = self.matrix
-        k = (np.arange(n) + 0.5 - n / 2.0) / (n / 2.0)
-        return np.hypot(k[None, :], k[:, None])
+        return _radius_fraction(self.matrix)
+
+    def radius_fraction_sq(self) -> np.ndarray:
+        """``min(radius_fraction, 1)²`` (the vignetting profile), cached."""
+        return _radius_fraction_sq(self.matrix)
 
     def key(self) -> tuple[float, ...]:
         """Hashable geometry key (what a cached background depends on)."""
@@ -216,3 +215,27 @@ def lateral(**kw: object) -> CArmPlane:
     """The lateral plane (LAO 90: detector on the patient's left), with optional overrides."""
     kw.setdefault("lao_deg", 90.0)
     return CArmPlane(name="lateral", **kw)  # type: ignore[arg-type]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+@lru_cache(maxsize=16)
+def _radius_fraction(n: int) -> np.ndarray:
+    k = (np.arange(n) + 0.5 - n / 2.0) / (n / 2.0)
+    return _readonly(np.hypot(k[None, :], k[:, None]))
+
+
+@lru_cache(maxsize=16)
+def _radius_fraction_sq(n: int) -> np.ndarray:
+    return _readonly(np.minimum(_radius_fraction(n), 1.0) ** 2)
+
+
+@lru_cache(maxsize=32)
+def _field_mask(n: int, collimation: float) -> np.ndarray:
+    k = np.arange(n) + 0.5 - n / 2.0
+    r = np.hypot(k[None, :], k[:, None])
+    edge = collimation * n / 2.0
+    return _readonly(np.clip(edge - r + 0.5, 0.0, 1.0))

@@ -19,7 +19,7 @@ import numpy as np
 
 from iratrainer.imaging.geometry import CArmPlane
 
-__all__ = ["capsule_union_integrals", "ellipsoid_integrals", "capsule_chord"]
+__all__ = ["capsule_union_integrals", "tube_sum_integrals", "ellipsoid_integrals", "capsule_chord", "cylinder_chord"]
 
 
 @nb.njit(cache=True, inline="always")
@@ -223,6 +223,89 @@ def capsule_union_integrals(
     info = np.zeros(1, np.int64)
     out = _capsule_kernel(plane.source_mm, det0, du, dv, n, a, b, r, mu, bbox, info, 1)
     return out.reshape(n, n)
+
+
+@nb.njit(cache=True)
+def cylinder_chord(ox, oy, oz, dx, dy, dz, ax, ay, az, bx, by, bz, r):  # pragma: no cover
+    """Length of the unit ray o + t d inside the flat-ended cylinder a-b of radius r."""
+    bax, bay, baz = bx - ax, by - ay, bz - az
+    oax, oay, oaz = ox - ax, oy - ay, oz - az
+    baba = bax * bax + bay * bay + baz * baz
+    if baba <= 0.0:
+        return 0.0
+    bard = bax * dx + bay * dy + baz * dz
+    baoa = bax * oax + bay * oay + baz * oaz
+    k2 = baba - bard * bard
+    if k2 <= 1e-12 * baba:
+        return 0.0  # along the axis: no tube here is long and thin enough for this to matter
+    k1 = baba * (dx * oax + dy * oay + dz * oaz) - baoa * bard
+    k0 = baba * (oax * oax + oay * oay + oaz * oaz) - baoa * baoa - r * r * baba
+    h = k1 * k1 - k2 * k0
+    if h <= 0.0:
+        return 0.0
+    h = np.sqrt(h)
+    t0 = (-k1 - h) / k2
+    t1 = (-k1 + h) / k2
+    if abs(bard) > 1e-15:
+        s0 = -baoa / bard
+        s1 = (baba - baoa) / bard
+        if s0 > s1:
+            s0, s1 = s1, s0
+        t0 = max(t0, s0)
+        t1 = min(t1, s1)
+    elif baoa < 0.0 or baoa > baba:
+        return 0.0
+    return t1 - t0 if t1 > t0 else 0.0
+
+
+@nb.njit(cache=True)
+def _tube_sum_kernel(src, det0, du, dv, n, ks, a, b, r, mu, bbox, out):  # pragma: no cover
+    for s in range(a.shape[0]):
+        k = ks[s]
+        inv = 1.0 / (k * k)
+        for row in range(bbox[s, 2], bbox[s, 3]):
+            for col in range(bbox[s, 0], bbox[s, 1]):
+                acc = 0.0
+                for si in range(k):
+                    fr = row + (si + 0.5) / k
+                    for sj in range(k):
+                        fc = col + (sj + 0.5) / k
+                        dx = det0[0] + fc * du[0] + fr * dv[0] - src[0]
+                        dy = det0[1] + fc * du[1] + fr * dv[1] - src[1]
+                        dz = det0[2] + fc * du[2] + fr * dv[2] - src[2]
+                        nn = np.sqrt(dx * dx + dy * dy + dz * dz)
+                        acc += cylinder_chord(src[0], src[1], src[2], dx / nn, dy / nn, dz / nn,
+                                              a[s, 0], a[s, 1], a[s, 2], b[s, 0], b[s, 1], b[s, 2], r[s])
+                out[row, col] += mu[s] * acc * inv
+
+
+def tube_sum_integrals(
+    plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray, mu: np.ndarray, supersample: int = 4,
+) -> np.ndarray:
+    """Σ μ · chord through flat-ended cylinders, averaged over k x k rays per pixel.
+
+    For devices: consecutive segments of a smooth device meet without overlap (the small
+    wedges at bends are below a micrometre for device bend radii), so a sum is the union.
+    No per-pixel lists: fast even with 16 rays per pixel.
+    """
+    n = plane.matrix
+    out = np.zeros((n, n))
+    if len(a) == 0:
+        return out
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    b = np.ascontiguousarray(b, dtype=np.float64)
+    r = np.ascontiguousarray(np.broadcast_to(r, (len(a),)), dtype=np.float64)
+    mu = np.ascontiguousarray(np.broadcast_to(mu, (len(a),)), dtype=np.float64)
+    bbox = _bboxes(plane, a, b, r)
+    # rays per pixel per tube: thin tubes (projected radius under 1.5 px) get `supersample`,
+    # thicker ones fewer (their chord varies slowly across a pixel)
+    _, za = plane.project(a)
+    r_px = r * plane.sid_mm / np.maximum(za, 1.0) / plane.pixel_mm
+    ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, int(supersample))).astype(np.int64)
+    det0 = plane.detector_centre_mm - (n / 2.0) * plane.pixel_mm * (plane.u + plane.v)
+    _tube_sum_kernel(plane.source_mm, det0, plane.u * plane.pixel_mm, plane.v * plane.pixel_mm, n,
+                     ks, a, b, r, mu, bbox, out)
+    return out
 
 
 @nb.njit(cache=True, parallel=False)
