@@ -233,9 +233,11 @@ def test_roadmap_shows_vessels_white_and_devices_dark():
     p = small_plane()
     ch = PlaneChain(p, DoseMeter(), np.random.default_rng(1), ChainSettings(options=QUIET))
     sc = _scene_with_device()
-    before = Scene(sc.tree, 0.0, (), EMPTY)  # the wire is brought in after the roadmap run
+    before = Scene(sc.tree, 0.0, (), EMPTY)  # the wire is brought in after the mask pulse
     ch.dsa_run(lambda t: before.with_contrast(150.0 if t > 0 else 0.0), 1.0)
     assert ch.store_roadmap() and ch.roadmap_active
+    mask = ch.fluoro_pulse(before)
+    assert np.abs(mask.display[p.field_mask() == 1.0][:50] - 0.5).max() < 0.5
     fr = ch.fluoro_pulse(sc)
     assert fr.kind == "roadmap"
     chords = _analytic_cylinder_chords(p, 2.0)

@@ -6,9 +6,10 @@
   changes. Releasing the pedal leaves the last image on screen (last-image-hold).
 * **DSA**: a mask frame, then contrast frames at 0.5-6 frames/s, shown as the logarithmic
   subtraction ``Lhat_contrast - Lhat_mask`` (vessels dark on grey).
-* **Roadmap**: the peak-opacification image of a DSA (or of a contrast puff under
-  fluoroscopy) is stored; live fluoroscopy is then shown as ``Lhat_live - Lhat_peak``:
-  the background cancels, vessels appear white (negative), devices dark.
+* **Roadmap**: the most opacified subtracted frame of a DSA run is the vessel map; the
+  first fluoroscopy pulse after arming is the live mask; each pulse then shows
+  ``(Lhat_live - Lhat_mask) - vessel_map``: the background cancels, the vessels appear
+  white (inverted), devices that moved since the mask dark.
 
 Display values are floats in [0, 1] (0 black). Window and level for fluoroscopy come
 from the noise-free background of the current geometry, so the brightness does not
@@ -104,6 +105,9 @@ class PlaneChain:
         self._mask: np.ndarray | None = None
         self._roadmap: np.ndarray | None = None
         self._window: dict[tuple[object, ...], tuple[float, float]] = {}
+        self._fluoro_mask: np.ndarray | None = None
+        self._peak: np.ndarray | None = None
+        self._peak_score = -1.0
 
     # ------------------------------------------------------------------ state
     def set_plane(self, plane: CArmPlane) -> list[str]:
@@ -170,7 +174,10 @@ class PlaneChain:
         a = self.settings.recursive_filter
         self._rf = lhat if (self._rf is None or a == 0) else a * self._rf + (1.0 - a) * lhat
         if self._roadmap is not None:
-            sub = self._rf - self._roadmap
+            if self._fluoro_mask is None:
+                # first pulse after the roadmap is armed: the live subtraction mask
+                self._fluoro_mask = self._rf
+            sub = self._rf - self._fluoro_mask - self._roadmap
             disp = np.clip(0.5 - self.settings.roadmap_gain * sub, 0.0, 1.0)
             disp = disp * self.plane.field_mask()
             frame = Frame(self.plane.name, "roadmap", scene.time_s, _ro(disp, np.float32),
@@ -193,23 +200,28 @@ class PlaneChain:
             sub = lhat - self._mask
             disp = np.clip(0.5 - self.settings.dsa_gain * sub, 0.0, 1.0) * self.plane.field_mask()
             frame = Frame(self.plane.name, "dsa", scene.time_s, _ro(disp, np.float32), _ro(sub), exp)
-            self._peak_candidate(lhat, sub)
+            self._peak_candidate(sub)
         self._lih = frame
         return frame
 
-    def _peak_candidate(self, lhat: np.ndarray, sub: np.ndarray) -> None:
-        """Keep the most opacified contrast frame of the run as the roadmap source."""
+    def _peak_candidate(self, sub: np.ndarray) -> None:
+        """Keep the most opacified subtracted frame of the run as the roadmap's vessel map."""
         score = float(np.sum(np.maximum(sub, 0.0)))
-        if score > getattr(self, "_peak_score", -1.0):
+        if score > self._peak_score:
             self._peak_score = score
-            self._peak = lhat
+            self._peak = sub
 
     def store_roadmap(self) -> bool:
-        """Use the most opacified frame of the last DSA run as the roadmap mask; False if none."""
-        peak = getattr(self, "_peak", None)
-        if peak is None:
+        """Arm the roadmap from the last DSA run's most opacified frame; False if there is none.
+
+        The next fluoroscopy pulse becomes the live subtraction mask; from then on each
+        pulse shows ``live - mask`` (background cancelled, devices that moved dark) with
+        the vessel map inverted over it (vessels white).
+        """
+        if self._peak is None:
             return False
-        self._roadmap = peak
+        self._roadmap = self._peak
+        self._fluoro_mask = None
         self._rf = None
         self._peak_score = -1.0
         return True
