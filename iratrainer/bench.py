@@ -117,6 +117,35 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
                              "cached phantom background, Poisson noise, blur, recursive filter; one thread"),
                 "repeats": repeats,
             }
+    try:
+        from iratrainer.imaging.gl import GlRenderer, GlUnavailable
+
+        gl = GlRenderer()
+    except (ImportError, GlUnavailable) as exc:
+        yield {"name": "render.gl_unavailable", "value": 0, "unit": "", "workload": str(exc), "repeats": 0}
+        return
+    where = f"{gl.ctx.renderer}, OpenGL {gl.ctx.version}"
+    for size in (512, 1024):
+        chain = PlaneChain(lateral(matrix=size), DoseMeter(), np.random.default_rng(0), renderer=gl)
+        fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
+        yield {
+            "name": f"render.gl_{size}_fps",
+            "value": round(fps, 2),
+            "unit": "frames/s",
+            "workload": (f"as render.numpy_{size}_fps, line integrals in GLSL on {where}; "
+                         "noise, blur and log still on the CPU"),
+            "repeats": repeats,
+        }
+    chains = [PlaneChain(p(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)
+              for p in (frontal, lateral)]
+    fps = median_rate(lambda: [c.fluoro_pulse(scene) for c in chains], 1.0, repeats, min_time_s=0.2)
+    yield {
+        "name": "render.gl_biplane_1024_fps",
+        "value": round(fps, 2),
+        "unit": "frames/s (both planes)",
+        "workload": f"one frontal and one lateral 1024x1024 pulse per frame, {where}",
+        "repeats": repeats,
+    }
 
 
 GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {

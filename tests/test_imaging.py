@@ -290,3 +290,56 @@ def test_thin_wire_keeps_its_volume_with_supersampling():
         cols = np.arange(70, 186)
         assert np.all(L[row - 1:row + 2, cols].max(axis=0) > 0.05)
     assert CpuRenderer().device_supersample == 4
+
+
+@pytest.fixture(scope="module")
+def gl_renderer():
+    from iratrainer.imaging.gl import GlRenderer, GlUnavailable
+
+    try:
+        return GlRenderer()
+    except GlUnavailable as exc:  # pragma: no cover - CI installs Mesa
+        pytest.skip(f"no OpenGL: {exc}")
+
+
+@pytest.mark.parametrize("mode", ["fluoro", "dsa", "roadmap"])
+@pytest.mark.parametrize("make_plane", [frontal, lateral])
+def test_gl_and_numpy_renderers_agree(gl_renderer, mode, make_plane):
+    """Same scene, noise off: mean absolute difference under 2% of the dynamic range."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.scene import contrast_downstream, static_stack
+
+    tree = build_atlas()
+    scene = Scene(tree, 0.0, static_stack(tree))
+    iodine = contrast_downstream(tree, "L_CCA")
+    out = {}
+    for name, renderer in (("numpy", CpuRenderer()), ("gl", gl_renderer)):
+        ch = PlaneChain(make_plane(matrix=192), DoseMeter(), np.random.default_rng(0),
+                        ChainSettings(options=ImageOptions(noise=False)), renderer=renderer)
+        if mode == "fluoro":
+            img = ch.fluoro_pulse(scene.with_contrast(iodine)).display
+        else:
+            img = ch.dsa_run(lambda t: scene.with_contrast(iodine if t > 0 else 0.0), 1.0)[-1].display
+            if mode == "roadmap":
+                ch.store_roadmap()
+                ch.fluoro_pulse(scene)
+                img = ch.fluoro_pulse(scene).display
+        out[name] = np.asarray(img, dtype=np.float64)
+    rng_ = out["numpy"].max() - out["numpy"].min()
+    assert rng_ > 0.3
+    assert np.abs(out["gl"] - out["numpy"]).mean() / rng_ < 0.02
+    # and in fact they agree to float32 precision
+    assert np.abs(out["gl"] - out["numpy"]).mean() < 1e-3
+
+
+def test_gl_fallback_warns_and_uses_numpy(monkeypatch):
+    from iratrainer.imaging import gl
+
+    def broken(self):
+        raise gl.GlUnavailable("eglInitialize failed (test)")
+
+    monkeypatch.setattr(gl._Context, "__init__", broken)
+    msgs: list[str] = []
+    r = gl.make_gl_renderer(msgs.append)
+    assert type(r) is CpuRenderer
+    assert "eglInitialize failed (test)" in msgs[0] and "NumPy renderer" in msgs[0]

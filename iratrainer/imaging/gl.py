@@ -1,0 +1,442 @@
+"""OpenGL 3.3 core renderer of the line integrals, headless through EGL (Mesa or a GPU).
+
+The same equations as the CPU reference (:mod:`iratrainer.imaging.raycast`), in GLSL:
+
+* background: Σ μ_k × chord through each phantom ellipsoid, per pixel ray;
+* iodine: entry and exit of every vessel capsule the ray crosses, merged so that the
+  path counts once with the largest μ where capsules overlap;
+* devices: flat-ended cylinders summed, k x k rays per pixel for thin tubes.
+
+Candidate capsules are binned on the CPU into 16 x 16-pixel tiles (from the same
+projected bounding boxes as the CPU path) and handed to the fragment shader as integer
+textures; each fragment loops over its tile's list. Image formation (noise, blur, log)
+is shared with the CPU path. :func:`make_gl_renderer` falls back to the CPU renderer,
+with a warning that says why, when no GL context can be created.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from iratrainer.imaging.geometry import CArmPlane
+from iratrainer.imaging.raycast import _bboxes
+from iratrainer.imaging.render import CpuRenderer, LineIntegrals, device_segments
+from iratrainer.imaging.scene import Scene
+from iratrainer.imaging.xray import linear_attenuation_per_mm
+
+__all__ = ["GlRenderer", "GlUnavailable", "make_gl_renderer"]
+
+TILE = 16
+MAX_INTERVALS = 48
+
+_VERT = """
+#version 330 core
+const vec2 P[4] = vec2[4](vec2(-1.0, -1.0), vec2(1.0, -1.0), vec2(-1.0, 1.0), vec2(1.0, 1.0));
+void main() { gl_Position = vec4(P[gl_VertexID], 0.0, 1.0); }
+"""
+
+_COMMON = """
+#version 330 core
+uniform vec3 src;      // focal spot, mm
+uniform vec3 det0;     // detector corner (pixel 0,0 outer corner), mm
+uniform vec3 du;       // one pixel along columns, mm
+uniform vec3 dv;       // one pixel along rows, mm
+uniform int n;         // matrix
+out float result;
+
+vec3 ray_dir(float col, float row) {
+    vec3 p = det0 + col * du + row * dv;
+    return normalize(p - src);
+}
+"""
+
+_ELLIPSOIDS = _COMMON + """
+uniform sampler2D ell;  // K x 4 texels: centre+mu, inverse-axes rows 0..2
+uniform int K;
+void main() {
+    int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
+    vec3 d = ray_dir(float(col) + 0.5, float(row) + 0.5);
+    float acc = 0.0;
+    for (int k = 0; k < K; ++k) {
+        vec4 c = texelFetch(ell, ivec2(k, 0), 0);
+        vec3 m0 = texelFetch(ell, ivec2(k, 1), 0).xyz;
+        vec3 m1 = texelFetch(ell, ivec2(k, 2), 0).xyz;
+        vec3 m2 = texelFetch(ell, ivec2(k, 3), 0).xyz;
+        float tr = dot(c.xyz - src, d);   // float32: origin next to the ellipsoid
+        vec3 o = src + tr * d - c.xyz;
+        vec3 q = vec3(dot(m0, o), dot(m1, o), dot(m2, o));
+        vec3 e = vec3(dot(m0, d), dot(m1, d), dot(m2, d));
+        float A = dot(e, e); float B = dot(q, e); float C = dot(q, q) - 1.0;
+        float disc = B * B - A * C;
+        if (disc > 0.0) acc += c.w * 2.0 * sqrt(disc) / A;
+    }
+    result = acc;
+}
+"""
+
+_CAPSULES = _COMMON + """
+uniform sampler2D seg;   // S x 3 texels: a+r, b+mu, (k, 0, 0, 0)
+uniform isampler2D tiles;   // tile start/count (x, y)
+uniform isampler2D lists;   // capsule indices, width 4096
+uniform int tiles_x;
+uniform int union_mode;     // 1: union with max mu (vessels); 0: sum of flat cylinders (devices)
+
+bool sphere(vec3 o, vec3 d, vec3 c, float r, out float t0, out float t1) {
+    vec3 q = o - c; float b = dot(q, d); float cc = dot(q, q) - r * r; float h = b * b - cc;
+    if (h < 0.0) return false;
+    h = sqrt(h); t0 = -b - h; t1 = -b + h; return true;
+}
+
+bool capsule_near(vec3 o, vec3 d, vec3 a, vec3 b, float r, out float t0, out float t1);
+
+// float32: move the ray origin next to the capsule first (|o - a| small), then shift back
+bool capsule(vec3 o, vec3 d, vec3 a, vec3 b, float r, out float t0, out float t1) {
+    float tr = dot(a - o, d);
+    bool hit = capsule_near(o + tr * d, d, a, b, r, t0, t1);
+    t0 += tr; t1 += tr;
+    return hit;
+}
+
+bool capsule_near(vec3 o, vec3 d, vec3 a, vec3 b, float r, out float t0, out float t1) {
+    vec3 ba = b - a; vec3 oa = o - a;
+    float baba = dot(ba, ba); float bard = dot(ba, d); float baoa = dot(ba, oa);
+    float rdoa = dot(d, oa); float oaoa = dot(oa, oa);
+    float k2 = baba - bard * bard;
+    float s0, s1, u0, u1;
+    if (baba <= 0.0 || k2 <= 1e-12 * baba) {
+        bool h1 = sphere(o, d, a, r, s0, s1); bool h2 = sphere(o, d, b, r, u0, u1);
+        if (!h1 && !h2) return false;
+        if (h1 && h2) { t0 = min(s0, u0); t1 = max(s1, u1); return true; }
+        if (h1) { t0 = s0; t1 = s1; return true; }
+        t0 = u0; t1 = u1; return true;
+    }
+    float k1 = baba * rdoa - baoa * bard;
+    float k0 = baba * oaoa - baoa * baoa - r * r * baba;
+    float h = k1 * k1 - k2 * k0;
+    if (h < 0.0) return false;
+    h = sqrt(h);
+    t0 = (-k1 - h) / k2; t1 = (-k1 + h) / k2;
+    float y0 = baoa + t0 * bard;
+    if (y0 <= 0.0) { if (!sphere(o, d, a, r, s0, s1)) return false; t0 = s0; }
+    else if (y0 >= baba) { if (!sphere(o, d, b, r, s0, s1)) return false; t0 = s0; }
+    float y1 = baoa + t1 * bard;
+    if (y1 <= 0.0) { if (!sphere(o, d, a, r, s0, s1)) return false; t1 = s1; }
+    else if (y1 >= baba) { if (!sphere(o, d, b, r, s0, s1)) return false; t1 = s1; }
+    return t1 > t0;
+}
+
+float cylinder(vec3 o0, vec3 d, vec3 a, vec3 b, float r) {
+    vec3 o = o0 + dot(a - o0, d) * d;  // float32: origin next to the tube (lengths only)
+    vec3 ba = b - a; vec3 oa = o - a;
+    float baba = dot(ba, ba);
+    if (baba <= 0.0) return 0.0;
+    float bard = dot(ba, d); float baoa = dot(ba, oa);
+    float k2 = baba - bard * bard;
+    if (k2 <= 1e-12 * baba) return 0.0;
+    float k1 = baba * dot(d, oa) - baoa * bard;
+    float k0 = baba * dot(oa, oa) - baoa * baoa - r * r * baba;
+    float h = k1 * k1 - k2 * k0;
+    if (h <= 0.0) return 0.0;
+    h = sqrt(h);
+    float t0 = (-k1 - h) / k2; float t1 = (-k1 + h) / k2;
+    if (abs(bard) > 1e-15) {
+        float s0 = -baoa / bard; float s1 = (baba - baoa) / bard;
+        if (s0 > s1) { float tmp = s0; s0 = s1; s1 = tmp; }
+        t0 = max(t0, s0); t1 = min(t1, s1);
+    } else if (baoa < 0.0 || baoa > baba) return 0.0;
+    return t1 > t0 ? t1 - t0 : 0.0;
+}
+
+void main() {
+    int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
+    ivec2 tc = texelFetch(tiles, ivec2(col / 16 + (row / 16) * tiles_x, 0), 0).xy;
+    int start = tc.x; int count = tc.y;
+    if (count == 0) { result = 0.0; return; }
+    if (union_mode == 0) {
+        float acc = 0.0;
+        for (int i = 0; i < count; ++i) {
+            int idx = start + i;
+            int s = texelFetch(lists, ivec2(idx % 4096, idx / 4096), 0).x;
+            vec4 A = texelFetch(seg, ivec2(s, 0), 0);
+            vec4 B = texelFetch(seg, ivec2(s, 1), 0);
+            int k = int(texelFetch(seg, ivec2(s, 2), 0).x);
+            float sub = 0.0;
+            for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
+                vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
+                                 float(row) + (float(si) + 0.5) / float(k));
+                sub += cylinder(src, d, A.xyz, B.xyz, A.w);
+            }
+            acc += B.w * sub / float(k * k);
+        }
+        result = acc;
+        return;
+    }
+    vec3 d = ray_dir(float(col) + 0.5, float(row) + 0.5);
+    float ti[48]; float to[48]; float mu[48];
+    int m = 0;
+    for (int i = 0; i < count && m < 48; ++i) {
+        int idx = start + i;
+        int s = texelFetch(lists, ivec2(idx % 4096, idx / 4096), 0).x;
+        vec4 A = texelFetch(seg, ivec2(s, 0), 0);
+        vec4 B = texelFetch(seg, ivec2(s, 1), 0);
+        float t0, t1;
+        if (capsule(src, d, A.xyz, B.xyz, A.w, t0, t1)) { ti[m] = t0; to[m] = t1; mu[m] = B.w; ++m; }
+    }
+    if (m == 0) { result = 0.0; return; }
+    if (m == 1) { result = mu[0] * (to[0] - ti[0]); return; }
+    // union with the largest mu: sweep over sorted entry points, merging overlaps
+    for (int i = 1; i < m; ++i) {   // insertion sort by entry
+        float a0 = ti[i]; float a1 = to[i]; float am = mu[i]; int j = i - 1;
+        while (j >= 0 && ti[j] > a0) { ti[j + 1] = ti[j]; to[j + 1] = to[j]; mu[j + 1] = mu[j]; --j; }
+        ti[j + 1] = a0; to[j + 1] = a1; mu[j + 1] = am;
+    }
+    float acc = 0.0;
+    float ev[96]; int ne = 0;
+    for (int i = 0; i < m; ++i) { ev[ne++] = ti[i]; ev[ne++] = to[i]; }
+    for (int i = 1; i < ne; ++i) {
+        float v = ev[i]; int j = i - 1;
+        while (j >= 0 && ev[j] > v) { ev[j + 1] = ev[j]; --j; }
+        ev[j + 1] = v;
+    }
+    for (int e = 0; e < ne - 1; ++e) {
+        float lo = ev[e]; float hi = ev[e + 1];
+        if (hi <= lo) continue;
+        float mid = 0.5 * (lo + hi); float best = 0.0; bool inside = false;
+        for (int j = 0; j < m; ++j) {
+            if (ti[j] > mid) break;
+            if (mid <= to[j]) { if (!inside || mu[j] > best) best = mu[j]; inside = true; }
+        }
+        if (inside) acc += best * (hi - lo);
+    }
+    result = acc;
+}
+"""
+
+
+class GlUnavailable(RuntimeError):
+    """No usable OpenGL 3.3 context (no EGL, no driver); the CPU renderer is used instead."""
+
+
+class _Context:
+    """A headless EGL context with an OpenGL 3.3 core profile."""
+
+    def __init__(self) -> None:
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+        os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+        if os.environ.get("PYOPENGL_PLATFORM") != "egl":
+            raise GlUnavailable("PYOPENGL_PLATFORM is not 'egl' (the headless renderer needs EGL)")
+        try:
+            from OpenGL import EGL
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            raise GlUnavailable(f"cannot load EGL ({exc})") from None
+        self.EGL = EGL
+        dpy = EGL.eglGetDisplay(EGL.EGL_DEFAULT_DISPLAY)
+        major, minor = EGL.EGLint(), EGL.EGLint()
+        if not dpy or not EGL.eglInitialize(dpy, ctypes.pointer(major), ctypes.pointer(minor)):
+            raise GlUnavailable("eglInitialize failed (no EGL display: install Mesa's libegl1)")
+        attrs = (EGL.EGLint * 5)(EGL.EGL_SURFACE_TYPE, EGL.EGL_PBUFFER_BIT, EGL.EGL_RENDERABLE_TYPE,
+                                 EGL.EGL_OPENGL_BIT, EGL.EGL_NONE)
+        cfg = EGL.EGLConfig()
+        num = EGL.EGLint()
+        if not EGL.eglChooseConfig(dpy, attrs, ctypes.pointer(cfg), 1, ctypes.pointer(num)) or num.value < 1:
+            raise GlUnavailable("no EGL configuration with desktop OpenGL")
+        EGL.eglBindAPI(EGL.EGL_OPENGL_API)
+        cattrs = (EGL.EGLint * 7)(EGL.EGL_CONTEXT_MAJOR_VERSION, 3, EGL.EGL_CONTEXT_MINOR_VERSION, 3,
+                                  EGL.EGL_CONTEXT_OPENGL_PROFILE_MASK, EGL.EGL_CONTEXT_OPENGL_CORE_PROFILE_BIT,
+                                  EGL.EGL_NONE)
+        ctx = EGL.eglCreateContext(dpy, cfg, EGL.EGL_NO_CONTEXT, cattrs)
+        if not ctx:
+            raise GlUnavailable("eglCreateContext failed: no OpenGL 3.3 core profile")
+        if not EGL.eglMakeCurrent(dpy, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, ctx):
+            raise GlUnavailable("eglMakeCurrent failed (surfaceless contexts unsupported)")
+        self.dpy, self.ctx = dpy, ctx
+        from OpenGL import GL
+
+        self.GL = GL
+        self.version = GL.glGetString(GL.GL_VERSION).decode()
+        self.renderer = GL.glGetString(GL.GL_RENDERER).decode()
+
+
+class GlRenderer(CpuRenderer):
+    """Line integrals with OpenGL (same interface and equations as :class:`CpuRenderer`)."""
+
+    name = "gl"
+
+    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 4) -> None:
+        super().__init__(vessel_supersample, device_supersample)
+        self.ctx = _Context()
+        GL = self.ctx.GL
+        self._vao = GL.glGenVertexArrays(1)
+        self._prog_ell = self._program(_ELLIPSOIDS)
+        self._prog_cap = self._program(_CAPSULES)
+        self._fbo = GL.glGenFramebuffers(1)
+        self._targets: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ GL plumbing
+    def _program(self, frag: str) -> int:
+        GL = self.ctx.GL
+        from OpenGL.GL import shaders
+
+        return int(shaders.compileProgram(shaders.compileShader(_VERT, GL.GL_VERTEX_SHADER),
+                                          shaders.compileShader(frag, GL.GL_FRAGMENT_SHADER),
+                                          validate=False))
+
+    def _texture(self, data: np.ndarray, internal: int, fmt: int, typ: int) -> int:
+        GL = self.ctx.GL
+        tex = GL.glGenTextures(1)
+        GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_NEAREST)
+        GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MAG_FILTER, GL.GL_NEAREST)
+        GL.glPixelStorei(GL.GL_UNPACK_ALIGNMENT, 1)
+        h, w = data.shape[:2]
+        GL.glTexImage2D(GL.GL_TEXTURE_2D, 0, internal, w, h, 0, fmt, typ, np.ascontiguousarray(data))
+        return int(tex)
+
+    def _target(self, n: int) -> Any:
+        GL = self.ctx.GL
+        if n not in self._targets:
+            tex = self._texture(np.zeros((n, n), np.float32), GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT)
+            self._targets[n] = tex
+        return self._targets[n]
+
+    def _draw(self, prog: int, plane: CArmPlane, textures: list[tuple[str, int, bool]],
+              ints: dict[str, int]) -> np.ndarray:
+        GL = self.ctx.GL
+        n = plane.matrix
+        target = self._target(n)
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
+        GL.glFramebufferTexture2D(GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_TEXTURE_2D, target, 0)
+        GL.glViewport(0, 0, n, n)
+        GL.glUseProgram(prog)
+        det0 = plane.detector_centre_mm - (n / 2.0) * plane.pixel_mm * (plane.u + plane.v)
+        for name, vec in (("src", plane.source_mm), ("det0", det0), ("du", plane.u * plane.pixel_mm),
+                          ("dv", plane.v * plane.pixel_mm)):
+            GL.glUniform3f(GL.glGetUniformLocation(prog, name), *map(float, vec))
+        GL.glUniform1i(GL.glGetUniformLocation(prog, "n"), n)
+        for name, val in ints.items():
+            GL.glUniform1i(GL.glGetUniformLocation(prog, name), int(val))
+        for unit, (name, tex, _) in enumerate(textures):
+            GL.glActiveTexture(GL.GL_TEXTURE0 + unit)
+            GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
+            GL.glUniform1i(GL.glGetUniformLocation(prog, name), unit)
+        GL.glBindVertexArray(self._vao)
+        GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
+        buf = GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT)
+        out = np.frombuffer(buf, dtype=np.float32).reshape(n, n).astype(np.float64)
+        for _, tex, owned in textures:
+            if owned:
+                GL.glDeleteTextures([tex])
+        return out  # gl_FragCoord.y = row: the rows come back in image order
+
+    # ------------------------------------------------------------------ components
+    def background(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
+        """The phantom's line integral, computed in a fragment shader (cached)."""
+        key = ("gl", plane.key(), round(e_kev, 3), id(scene.phantom))
+        bg = self._bg_cache.get(key)
+        if bg is not None:
+            return bg
+        c, r, s, mu = scene.phantom.arrays(e_kev)
+        GL = self.ctx.GL
+        K = len(c)
+        if K == 0:
+            bg = np.zeros((plane.matrix, plane.matrix))
+        else:
+            inv = np.transpose(r, (0, 2, 1)) / s[:, :, None]
+            tex = np.zeros((4, K, 4), np.float32)
+            tex[0, :, :3] = c
+            tex[0, :, 3] = mu
+            for i in range(3):
+                tex[1 + i, :, :3] = inv[:, i, :]
+            t = self._texture(tex, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
+            bg = self._draw(self._prog_ell, plane, [("ell", t, True)], {"K": K})
+        bg.flags.writeable = False
+        self._bg_cache[key] = bg
+        return bg
+
+    def _capsules(self, plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray, mu: np.ndarray,
+                  ks: np.ndarray, union: bool) -> np.ndarray:
+        GL = self.ctx.GL
+        n = plane.matrix
+        if len(a) == 0:
+            return np.zeros((n, n))
+        bbox = _bboxes(plane, a, b, r)
+        tx = (n + TILE - 1) // TILE
+        # bin capsules into tiles
+        t0c, t1c = bbox[:, 0] // TILE, (np.maximum(bbox[:, 1], 1) - 1) // TILE
+        t0r, t1r = bbox[:, 2] // TILE, (np.maximum(bbox[:, 3], 1) - 1) // TILE
+        nonempty = (bbox[:, 1] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 2])
+        pairs_t, pairs_s = [], []
+        for s in np.nonzero(nonempty)[0]:
+            cols = np.arange(t0c[s], t1c[s] + 1)
+            rows = np.arange(t0r[s], t1r[s] + 1)
+            tiles = (rows[:, None] * tx + cols[None, :]).ravel()
+            pairs_t.append(tiles)
+            pairs_s.append(np.full(len(tiles), s))
+        if not pairs_t:
+            return np.zeros((n, n))
+        pt = np.concatenate(pairs_t)
+        ps = np.concatenate(pairs_s)
+        order = np.lexsort((ps, pt))
+        pt, ps = pt[order], ps[order]
+        counts = np.bincount(pt, minlength=tx * tx)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        tiles_tex = np.stack([starts, counts], axis=1).astype(np.int32).reshape(1, -1, 2)
+        width = 4096
+        lst = np.zeros(((len(ps) + width - 1) // width) * width, np.int32)
+        lst[:len(ps)] = ps
+        seg = np.zeros((3, len(a), 4), np.float32)
+        seg[0, :, :3], seg[0, :, 3] = a, r
+        seg[1, :, :3], seg[1, :, 3] = b, mu
+        seg[2, :, 0] = ks
+        t_seg = self._texture(seg, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
+        t_tiles = self._texture(tiles_tex, GL.GL_RG32I, GL.GL_RG_INTEGER, GL.GL_INT)
+        t_list = self._texture(lst.reshape(-1, width), GL.GL_R32I, GL.GL_RED_INTEGER, GL.GL_INT)
+        return self._draw(self._prog_cap, plane, [("seg", t_seg, True), ("tiles", t_tiles, True),
+                                                  ("lists", t_list, True)],
+                          {"tiles_x": tx, "union_mode": int(union)})
+
+    def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
+        """Iodine through the union of the vessel capsules, in GLSL."""
+        t = scene.tree
+        c = scene.iodine_mg_ml
+        keep = c > 0
+        if not np.any(keep):
+            return np.zeros((plane.matrix, plane.matrix))
+        mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c[keep]
+        r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
+        return self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, np.ones(len(r)), True)
+
+    def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
+        """Devices as summed flat-ended cylinders with k x k rays for thin tubes, in GLSL."""
+        parts = [p for dev in scene.devices for p in device_segments(dev, e_kev)]
+        if not parts:
+            return np.zeros((plane.matrix, plane.matrix))
+        a, b, r, mu = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        _, za = plane.project(a)
+        r_px = r * plane.sid_mm / np.maximum(za, 1.0) / plane.pixel_mm
+        ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, self.device_supersample))
+        return self._capsules(plane, a, b, r, mu, ks.astype(float), False)
+
+    def line_integrals(self, scene: Scene, plane: CArmPlane, e_kev: float) -> LineIntegrals:
+        """All three components, computed on the GPU (or Mesa's software rasterizer)."""
+        return LineIntegrals(self.background(scene, plane, e_kev), self.iodine(scene, plane, e_kev),
+                             self.devices(scene, plane, e_kev))
+
+
+def make_gl_renderer(warn: Callable[[str], None] | None = None) -> CpuRenderer:
+    """A :class:`GlRenderer`, or the CPU renderer with a warning saying why GL is unavailable."""
+    try:
+        return GlRenderer()
+    except GlUnavailable as exc:
+        if warn:
+            warn(f"OpenGL renderer unavailable ({exc}); using the NumPy renderer")
+        return CpuRenderer()
+    except Exception as exc:  # driver errors surface as many exception types
+        if warn:
+            warn(f"OpenGL renderer failed to start ({type(exc).__name__}: {exc}); using the NumPy renderer")
+        return CpuRenderer()
