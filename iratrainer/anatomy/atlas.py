@@ -455,6 +455,23 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
                 b.add(name, [mid, target - 0.1 * (target - head_c), target],
                       [r0, r0, 0.8 * r0, 0.6 * r0], parent=parent, at=float(pb.arc_mm[i0]),
                       jitter_mm=0.5)
+                # second generation: two branches run on over the convexity, one to each side
+                cb = b.branches[name]
+                for j, (frac, turn) in enumerate(((0.45, 1.0), (0.75, -1.0))):
+                    i1 = b.attach_index(name, frac * cb.length_mm)
+                    p1 = np.array(_unplace(b, cb.points_mm[i1]))
+                    radial = (p1 - head_c) / np.linalg.norm(p1 - head_c)
+                    along = np.cross(radial, [0.0, 0.0, 1.0]) * turn * sx
+                    if np.linalg.norm(along) < 1e-6:
+                        along = np.array([0.0, turn, 0.0])
+                    along /= np.linalg.norm(along)
+                    up = np.cross(along, radial)
+                    tgt = head_c + 66.0 * (radial + 0.45 * along + 0.25 * up) / np.linalg.norm(
+                        radial + 0.45 * along + 0.25 * up)
+                    rr = float(cb.radii_mm[i1]) * 2 * 0.75
+                    b.add(f"{name}_{j + 1}", [0.5 * (p1 + tgt) + 3.0 * radial, tgt],
+                          [rr, 0.8 * rr, 0.55 * rr], parent=name, at=float(cb.arc_mm[i1]),
+                          jitter_mm=0.6)
 
     meta = {
         "source": "iratrainer reference atlas",
