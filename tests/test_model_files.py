@@ -83,7 +83,8 @@ def _doc(**branch) -> str:
     ("text", "expected"),
     [
         ('{"format": "iratrainer.vessels", "format_ver', "not valid JSON"),
-        (_doc().replace("[1, 0, 0]", "[NaN, 0, 0]"), "not valid JSON"),
+        (_doc().replace("[1, 0, 0]", "[NaN, 0, 0]"), "branch 'A': points_mm: NaN or infinite"),
+        (_doc(radii_mm=[1, "Infinity"]).replace('"Infinity"', "Infinity"), "branch 'A': radii_mm: NaN or infinite"),
         (_doc(radii_mm=[1, -2]), "branch 'A': radii_mm: radius must be > 0"),
         (_doc(parent="NOPE"), "exactly one root"),
         (_doc(points_mm=[[0, 0], [1, 0]]), "branch 'A': points_mm"),
@@ -151,3 +152,16 @@ def test_vtp_export_is_valid_polydata(atlas, tmp_path):
     assert radius.shape == (n_pts,) and np.all(radius > 0)
     offsets = np.array(piece.find("Lines").findall("DataArray")[1].text.split(), dtype=int)
     assert offsets[-1] == n_pts and len(offsets) == n_lines
+
+
+def test_cycle_in_file_via_cli(tmp_path, capsys):
+    from iratrainer.cli import main
+
+    doc = json.loads(_doc())
+    for lab, par in (("B", "C"), ("C", "B")):
+        doc["branches"].append({"label": lab, "parent": par, "parent_index": 0,
+                                "points_mm": [[0, 0, 0], [0, 1, 0]], "radii_mm": [1, 1]})
+    p = _write(tmp_path, json.dumps(doc))
+    assert main(["model", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert str(p) in err and "cycle" in err and "branch '" in err and err.count("\n") == 1

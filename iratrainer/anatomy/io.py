@@ -140,10 +140,6 @@ def tree_from_dict(data: Any) -> VesselTree:
     return VesselTree(branches, metadata=meta, anastomoses=[tuple(p) for p in anast])
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"non-standard JSON number {name}")
-
-
 def load_vessels(path: str | os.PathLike[str]) -> VesselTree:
     """Load and validate a ``*.vessels.json`` model.
 
@@ -160,7 +156,9 @@ def load_vessels(path: str | os.PathLike[str]) -> VesselTree:
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelFileError(f"{p}: cannot read: {exc}") from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        # NaN and Infinity parse (Python's json accepts them) so that validation can say
+        # which branch and field hold them
+        data = json.loads(text)
     except ValueError as exc:
         raise ModelFileError(f"{p}: not valid JSON (truncated or malformed): {exc}") from None
     try:
