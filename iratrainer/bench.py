@@ -157,9 +157,54 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
     }
 
 
+def bench_physics(repeats: int = 5) -> Iterator[dict[str, Any]]:
+    """Physics steps per second: the full stroke stack in the atlas, and one 80-node wire."""
+    import subprocess
+    import sys
+
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack, HubCommand
+
+    tree = build_atlas()
+    cat = default_catalogue()
+    names = ["balloon_guide_8F", "intermediate_6F", "microcatheter_021", "microwire_014"]
+    stack = DeviceStack(tree, [cat[n] for n in names], inserted_mm=[330.0, 360.0, 390.0, 420.0])
+    cmds = {n: HubCommand(5.0, 30.0) for n in names}
+    for _ in range(50):
+        stack.step(cmds)
+    nodes = sum(len(r.x) for r in stack.rods)
+    rate = median_rate(lambda: stack.step(cmds), 1.0, repeats, min_time_s=0.5)
+    yield {"name": "physics.stack_steps_per_s", "value": round(rate, 1), "unit": "steps/s",
+           "workload": f"8F guide + 6F intermediate + 0.021 microcatheter + 0.014 microwire ({nodes} nodes), "
+                       "from the right femoral artery into the aorta, all hubs advancing and turning, one core",
+           "repeats": repeats}
+    wire = DeviceStack(tree, [cat["guidewire_035_angled"]], inserted_mm=[160.0], access_label="R_CFA")
+    target = 80  # nodes: CathSim's guidewire size
+    while len(wire.rods[0].x) < target:
+        wire.step({"guidewire_035_angled": HubCommand(40.0, 0.0)})
+    cmd = {"guidewire_035_angled": HubCommand(2.0, 90.0)}
+    rate = median_rate(lambda: wire.step(cmd), 1.0, repeats, min_time_s=0.5)
+    yield {"name": "physics.single_wire_steps_per_s", "value": round(rate, 1), "unit": "steps/s",
+           "workload": f"one 0.035 in wire of {len(wire.rods[0].x)} nodes in the iliac-aortic path, advancing and "
+                       "turning, one core (CathSim uses an 80-capsule wire)",
+           "repeats": repeats}
+    code = ("import time; t=time.perf_counter(); from iratrainer.anatomy.atlas import build_atlas; "
+            "from iratrainer.physics.catalogue import default_catalogue; "
+            "from iratrainer.physics.stack import DeviceStack; c=default_catalogue(); "
+            "s=DeviceStack(build_atlas(), [c['guidewire_035_angled']]); s.step(); "
+            "print(time.perf_counter()-t)")
+    first = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout.strip())
+    yield {"name": "physics.first_step_s", "value": round(first, 3), "unit": "s",
+           "workload": "fresh process: import, build the atlas and a wire, first step (compiled caches warm)",
+           "repeats": 1}
+
+
 GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "anatomy": bench_anatomy,
     "render": bench_render,
+    "physics": bench_physics,
 }
 
 

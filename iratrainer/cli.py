@@ -155,6 +155,20 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_validate(args: argparse.Namespace) -> int:
+    import json
+
+    if args.what != "physics":
+        raise IratrainerError(f"validate: unknown subject {args.what!r} (choose: physics)")
+    from iratrainer.physics.validate import run_checks
+
+    ok = True
+    for row in run_checks(fuzz_seconds=args.fuzz_seconds):
+        ok &= bool(row["passed"])
+        print(json.dumps(row), flush=True)
+    return 0 if ok else 1
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from iratrainer.bench import GROUPS, run_benchmarks
 
@@ -284,8 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_seed, default=0, help="noise seed")
     r.set_defaults(func=_cmd_render)
 
+    va = sub.add_parser("validate", help="check the models against physics (one JSON line per check)",
+                        description="Physics checks with their error and tolerance; exit 1 if any fails.")
+    va.add_argument("what", choices=["physics"], help="what to validate")
+    va.add_argument("--fuzz-seconds", type=float, default=20.0,
+                    help="simulated seconds of random hub inputs (600 = the full 10-minute fuzz)")
+    va.set_defaults(func=_cmd_validate)
+
     b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
-                       description="Benchmarks (medians of repeated runs). Groups: anatomy.")
+                       description="Benchmarks (medians of repeated runs). Groups: anatomy, render, physics.")
     b.add_argument("groups", nargs="*", help="groups to run (default: all)")
     b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     b.set_defaults(func=_cmd_bench)

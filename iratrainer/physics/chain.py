@@ -42,7 +42,10 @@ def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
             for k in range(k0, j):
                 s -= L[i, k - i + bw] * L[j, k - j + bw]
             if i == j:
-                L[i, bw] = np.sqrt(s) if s > 0.0 else 1e-150
+                # a row dependent on earlier ones (e.g. a contact along a stretched edge) leaves a
+                # tiny pivot: give it a large one, so that its multiplier stays ~0 this iteration
+                d = A[i, bw]
+                L[i, bw] = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
             else:
                 L[i, j - i + bw] = s / L[j, bw]
     y = b.copy()
@@ -60,7 +63,8 @@ def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True)
-def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam):  # pragma: no cover - numba
+def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam, s_alpha=0.0, c_alpha=0.0,
+                max_step=1.0):  # pragma: no cover - numba
     """Solve one chain in place.
 
     Args:
@@ -73,6 +77,11 @@ def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam):  
         c_n, c_d: (N, 3), (N,): plane ``n·x <= d`` of node k.
         n_iter: Gauss-Newton iterations.
         dt: time step, s.
+        s_alpha: stretch compliance h / EA (mm/N); 0 = inextensible.
+        c_alpha: wall compliance (mm/N): 1 / contact stiffness; keeps the system regular
+            when linearised wall planes and inextensible edges disagree.
+        max_step: largest node displacement per iteration (mm); a longer Gauss-Newton step
+            is scaled down (trust region).
         lam: (5N,) multipliers, zeroed here and accumulated (row 5k: contact of node k,
             5k+1: stretch k, 5k+2..4: bending at node k+1).
     """
@@ -106,7 +115,7 @@ def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam):  
                 if Cc > 0.0 or lam[r0] < 0.0:
                     active[r0] = True
                     C[r0] = Cc
-                    at[r0] = 0.0
+                    at[r0] = c_alpha * inv_dt2
                     rn[r0, 0] = k
                     for a in range(3):
                         rg[r0, 0, a] = c_n[k, a]
@@ -120,7 +129,7 @@ def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam):  
                 if L > 1e-12 and (w[k] > 0.0 or w[k + 1] > 0.0):
                     active[r] = True
                     C[r] = L - rest[k]
-                    at[r] = 0.0
+                    at[r] = s_alpha * inv_dt2
                     rn[r, 0] = k
                     rn[r, 1] = k + 1
                     rg[r, 0, 0], rg[r, 0, 1], rg[r, 0, 2] = -dx / L, -dy / L, -dz / L
@@ -145,41 +154,65 @@ def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam):  
                         rg[r, 0, a] = -J1[q, a]
                         rg[r, 1, a] = J1[q, a] - J2[q, a]
                         rg[r, 2, a] = J2[q, a]
-        # assemble the banded system
-        A[:, :] = 0.0
-        for i in range(n):
-            if not active[i]:
-                A[i, bw] = 1.0
-                rhs[i] = 0.0
-                continue
-            rhs[i] = -C[i] - at[i] * lam[i]
-            for j in range(i, min(n, i + bw + 1)):
-                if not active[j]:
+        # assemble and solve; a contact row whose multiplier would pull is released and the
+        # system solved again without it (active-set iteration, at most 4 passes)
+        for _attempt in range(4):
+            A[:, :] = 0.0
+            for i in range(n):
+                if not active[i]:
+                    A[i, bw] = 1.0
+                    rhs[i] = 0.0
                     continue
-                s = 0.0
-                for p in range(3):
-                    ni = rn[i, p]
-                    if ni < 0:
+                rhs[i] = -C[i] - at[i] * lam[i]
+                for j in range(i, min(n, i + bw + 1)):
+                    if not active[j]:
                         continue
-                    for q in range(3):
-                        if rn[j, q] == ni:
-                            s += w[ni] * (rg[i, p, 0] * rg[j, q, 0] + rg[i, p, 1] * rg[j, q, 1]
-                                          + rg[i, p, 2] * rg[j, q, 2])
-                if j == i:
-                    s += at[i] + 1e-12
-                A[i, j - i + bw] = s
-                A[j, i - j + bw] = s
-        dl = _banded_cholesky_solve(A, rhs, n, bw)
+                    s = 0.0
+                    for p in range(3):
+                        ni = rn[i, p]
+                        if ni < 0:
+                            continue
+                        for q in range(3):
+                            if rn[j, q] == ni:
+                                s += w[ni] * (rg[i, p, 0] * rg[j, q, 0] + rg[i, p, 1] * rg[j, q, 1]
+                                              + rg[i, p, 2] * rg[j, q, 2])
+                    if j == i:
+                        s += at[i] + 1e-12
+                    A[i, j - i + bw] = s
+                    A[j, i - j + bw] = s
+            dl = _banded_cholesky_solve(A, rhs, n, bw)
+            released = False
+            for i in range(0, n, R):
+                if active[i] and lam[i] + dl[i] > 0.0:
+                    active[i] = False
+                    released = True
+            if not released:
+                break
+        for i in range(0, n, R):
+            if active[i] and lam[i] + dl[i] > 0.0:
+                dl[i] = -lam[i]
         for i in range(n):
             if not active[i]:
-                continue
+                dl[i] = 0.0
+        dx = np.zeros((N, 3))
+        for i in range(n):
             d = dl[i]
-            if i % R == 0 and lam[i] + d > 0.0:  # a contact never pulls
-                d = -lam[i]
-            lam[i] += d
+            if d == 0.0:
+                continue
             for p in range(3):
                 ni = rn[i, p]
                 if ni < 0:
                     continue
                 for a in range(3):
-                    x[ni, a] += w[ni] * rg[i, p, a] * d
+                    dx[ni, a] += w[ni] * rg[i, p, a] * d
+        big = 0.0
+        for k in range(N):
+            m = np.sqrt(dx[k, 0] ** 2 + dx[k, 1] ** 2 + dx[k, 2] ** 2)
+            if m > big:
+                big = m
+        scale = 1.0 if big <= max_step else max_step / big
+        for i in range(n):
+            lam[i] += scale * dl[i]
+        for k in range(N):
+            for a in range(3):
+                x[k, a] += scale * dx[k, a]

@@ -1,0 +1,548 @@
+"""Devices in the patient: a coaxial stack of elastic rods driven at their hubs.
+
+Each device is a chain of nodes from the tip (node 0, material coordinate ``σ = 0``) to
+the access point, spaced ``h`` along the device; the two last nodes are kinematic: one
+at the access point (the sheath) and one ``h`` outside it along the sheath's axis, so the
+device enters along the sheath. Advancing the hub lengthens the inserted part: the edge
+at the access point grows, pushing the device in, and a new node is created there once
+it exceeds ``1.2 h`` (retraction removes nodes). Rotating the hub turns the material
+frame at the access point; the twist travels along the device (torsion stiffness GJ),
+held back by wall friction (μ · wall force · radius per node), so the tip lags and then
+whips when the stored twist releases. A shaped tip bends in its material frame, so the
+torque turns the tip's bend and selects vessels.
+
+Per step (``dt``, default 1 ms): hub inputs are clamped and applied; the lumen is queried
+for every node (one batched call); each chain is solved directly (stretch, bending with
+the rest shape, wall contact: :mod:`iratrainer.physics.chain`); inner devices are held
+inside the lumen of the device around them (coaxial links, two-way); torsion is solved
+with Coulomb stick-slip; wall forces and safety events are derived.
+
+Divergence (NaN, a node far outside every lumen) raises :class:`PhysicsError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+from iratrainer.anatomy.tree import VesselTree
+from iratrainer.errors import IratrainerError
+from iratrainer.physics.catalogue import DeviceSpec
+from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
+from iratrainer.physics.solver import solve as solve_links
+
+__all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
+
+MAX_ADVANCE_MM_S = 60.0
+MAX_ROTATE_DEG_S = 720.0
+KG = 1e-3  # 1 kg in N·s²/mm
+
+
+class PhysicsError(IratrainerError):
+    """The device simulation diverged (NaN or a node far outside the vessels); reset the procedure."""
+
+
+class StackError(IratrainerError):
+    """An impossible device stack (an inner device larger than the outer lumen, unknown device)."""
+
+
+@dataclass(frozen=True)
+class HubCommand:
+    """What the hand does at one hub: advance (mm/s, < 0 retracts) and rotate (deg/s)."""
+
+    advance_mm_s: float = 0.0
+    rotate_deg_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class SafetyEvent:
+    """A safety signal: kind, device, node position, force (N), vessel label, simulation time."""
+
+    kind: str
+    device: str
+    time_s: float
+    force_n: float
+    branch: str
+    position_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class SafetyThresholds:
+    """Wall-force thresholds (N), scaled by the local lumen radius over 1.5 mm (an M1).
+
+    Assumed values in the range of tip loads that bend floppy to stiff wires (1 to 20 g,
+    REFERENCE.md): a small vessel tolerates less. ``dissection`` is a tip pushed end-on
+    into the wall (tip within 30 degrees of the wall normal) above its threshold.
+    """
+
+    perforation_risk_n: float = 0.08
+    perforation_n: float = 0.20
+    dissection_n: float = 0.12
+
+
+@nb.njit(cache=True)
+def _torsion(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
+    """Quasi-static torsion with Coulomb stick-slip (Gauss-Seidel, last node prescribed).
+
+    Node k's angle minimises Σ gj/2 (Δθ)² - τ_bend θ; it stays at ``theta0`` (stick) while
+    the elastic torque is below ``tau_max`` and slips with friction torque ``tau_max`` otherwise.
+    """
+    n = theta.shape[0]
+    for _ in range(n_iter):
+        for k in range(n - 2, -1, -1):
+            gp = gj_edge[k]
+            gd = gj_edge[k - 1] if k > 0 else 0.0
+            s = gp + gd
+            if s <= 0.0:
+                continue
+            num = gp * theta[k + 1] + tau_bend[k]
+            if k > 0:
+                num += gd * theta[k - 1]
+            star = num / s
+            tau = s * (star - theta0[k])
+            if abs(tau) <= tau_max[k]:
+                theta[k] = theta0[k]
+            else:
+                theta[k] = star - math.copysign(tau_max[k], tau) / s
+
+
+@nb.njit(cache=True)
+def _frames_kernel(x, t0, u0, theta):  # pragma: no cover - numba
+    """Tangent of the incoming edge and material normal at every node (Bishop frame + twist)."""
+    N = x.shape[0]
+    tn = np.empty((N, 3))
+    nrm = np.empty((N, 3))
+    ct = t0.copy()
+    cu = u0.copy()
+    for k in range(N - 1, -1, -1):
+        if k < N - 1:
+            nt = x[k] - x[k + 1]
+            ln = np.sqrt(nt[0] ** 2 + nt[1] ** 2 + nt[2] ** 2)
+            if ln > 1e-12:
+                nt = nt / ln
+                c = ct[0] * nt[0] + ct[1] * nt[1] + ct[2] * nt[2]
+                vx = ct[1] * nt[2] - ct[2] * nt[1]
+                vy = ct[2] * nt[0] - ct[0] * nt[2]
+                vz = ct[0] * nt[1] - ct[1] * nt[0]
+                if vx * vx + vy * vy + vz * vz > 1e-20 and c > -0.999999:
+                    vu = vx * cu[0] + vy * cu[1] + vz * cu[2]
+                    cx = vy * cu[2] - vz * cu[1]
+                    cy = vz * cu[0] - vx * cu[2]
+                    cz = vx * cu[1] - vy * cu[0]
+                    f = vu / (1.0 + c)
+                    cu = np.array([cu[0] * c + cx + vx * f, cu[1] * c + cy + vy * f, cu[2] * c + cz + vz * f])
+                ct = nt
+        tn[k] = ct
+        vx = ct[1] * cu[2] - ct[2] * cu[1]
+        vy = ct[2] * cu[0] - ct[0] * cu[2]
+        vz = ct[0] * cu[1] - ct[1] * cu[0]
+        cs, sn = np.cos(theta[k]), np.sin(theta[k])
+        nrm[k, 0] = cs * cu[0] + sn * vx
+        nrm[k, 1] = cs * cu[1] + sn * vy
+        nrm[k, 2] = cs * cu[2] + sn * vz
+    return tn, nrm
+
+
+@nb.njit(cache=True)
+def _curvatures(x):  # pragma: no cover - numba
+    N = x.shape[0]
+    out = np.zeros((N, 3))
+    for c in range(1, N - 1):
+        e1 = x[c] - x[c + 1]
+        e2 = x[c - 1] - x[c]
+        n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
+        n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
+        D = n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]
+        out[c, 0] = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
+        out[c, 1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
+        out[c, 2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
+    return out
+
+
+def _rotate_towards(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Parallel transport of ``u`` by the rotation taking unit ``a`` to unit ``b``."""
+    c = float(a @ b)
+    v = np.cross(a, b)
+    s2 = float(v @ v)
+    if s2 < 1e-20:
+        return u
+    return u * c + np.cross(v, u) + v * float(v @ u) / (1.0 + c)
+
+
+class Rod:
+    """One device in the patient (see the module docstring)."""
+
+    def __init__(self, spec: DeviceSpec, access_mm: np.ndarray, access_dir: np.ndarray, inserted_mm: float,
+                 path_mm: np.ndarray | None = None, h_mm: float | None = None, damping: float = 0.0) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.h = float(h_mm if h_mm is not None else (2.0 if spec.outer_diameter_mm < 1.2 else 3.0))
+        self.access = np.asarray(access_mm, dtype=np.float64)
+        t = np.asarray(access_dir, dtype=np.float64)
+        self.access_dir = t / np.linalg.norm(t)
+        self.inserted_mm = float(np.clip(inserted_mm, 0.0, spec.length_mm - 50.0))
+        self.hub_angle = 0.0
+        self.damping = float(damping)
+        # reference vector of the material frame at the access point (perpendicular to the sheath)
+        ref = np.cross(self.access_dir, [0.0, 0.0, 1.0])
+        if np.linalg.norm(ref) < 1e-6:
+            ref = np.cross(self.access_dir, [1.0, 0.0, 0.0])
+        self.u_ref = ref / np.linalg.norm(ref)
+        # linear mass: material density over the annulus (nitinol 6.45, polymer 1.3 g/cm³) plus blood drag
+        rho = 6.45 if spec.material == "nitinol" else 1.3
+        area = math.pi * (spec.outer_radius_mm ** 2 - spec.inner_radius_mm ** 2)  # mm²
+        self.mass_node = max(rho * area * 1e-6 * self.h * KG, 2e-9)  # kg/mm³ -> N·s²/mm
+        # axial stiffness EA (N): nitinol 50 GPa, braided polymer 2 GPa, over the annulus
+        ea = (50_000.0 if spec.material == "nitinol" else 2_000.0) * area
+        self.stretch_compliance = self.h / ea
+        self._init_nodes(path_mm)
+
+    # ------------------------------------------------------------------ geometry
+    def _init_nodes(self, path_mm: np.ndarray | None) -> None:
+        K = max(2, int(math.floor(self.inserted_mm / self.h)) + 1)
+        sig = np.arange(K) * self.h
+        sig = sig[sig < self.inserted_mm - 0.2 * self.h] if self.inserted_mm > 0.3 * self.h else sig[:1]
+        if len(sig) < 1:
+            sig = np.array([0.0])
+        depth = self.inserted_mm - sig  # arc from the access point inwards
+        if path_mm is not None and len(path_mm) > 1:
+            seg = np.linalg.norm(np.diff(path_mm, axis=0), axis=1)
+            arc = np.concatenate([[0.0], np.cumsum(seg)])
+            d = np.clip(depth, 0.0, arc[-1])
+            pts = np.stack([np.interp(d, arc, path_mm[:, i]) for i in range(3)], axis=1)
+            over = depth - d
+            pts += over[:, None] * (path_mm[-1] - path_mm[-2]) / max(seg[-1], 1e-9)
+        else:
+            pts = self.access + depth[:, None] * self.access_dir
+        self.sigma = sig
+        self.x = np.vstack([pts, self.access, self.access - self.h * self.access_dir])
+        self.v = np.zeros_like(self.x)
+        self.theta = np.zeros(len(self.x))
+
+    @property
+    def n_material(self) -> int:
+        """Number of free (material) nodes; the last two nodes are kinematic."""
+        return len(self.sigma)
+
+    @property
+    def tip_mm(self) -> np.ndarray:
+        """Tip position, LPS mm."""
+        return self.x[0].copy()
+
+    @property
+    def tip_dir(self) -> np.ndarray:
+        """Unit direction of the tip (from node 1 to node 0)."""
+        d = self.x[0] - self.x[1]
+        return d / max(float(np.linalg.norm(d)), 1e-12)
+
+    def remesh(self) -> None:
+        """Add or remove nodes at the access point after the inserted length changed."""
+        K = self.n_material
+        last = self.sigma[-1] if K else 0.0
+        gap = self.inserted_mm - last
+        mat = self.x[:K]
+        th = self.theta[:K]
+        v = self.v[:K]
+        while gap > 1.2 * self.h:
+            s_new = last + self.h
+            depth = self.inserted_mm - s_new
+            p = self.access + depth * self.access_dir
+            mat = np.vstack([mat, p])
+            th = np.append(th, self.hub_angle)
+            v = np.vstack([v, np.zeros(3)])
+            self.sigma = np.append(self.sigma, s_new)
+            last = s_new
+            gap = self.inserted_mm - last
+        while gap < 0.2 * self.h and len(self.sigma) > 2:
+            mat, th, v = mat[:-1], th[:-1], v[:-1]
+            self.sigma = self.sigma[:-1]
+            last = self.sigma[-1]
+            gap = self.inserted_mm - last
+        self.x = np.vstack([mat, self.access, self.access - self.h * self.access_dir])
+        self.theta = np.concatenate([th, [self.hub_angle, self.hub_angle]])
+        self.v = np.vstack([v, np.zeros((2, 3))])
+
+    def rest_lengths(self) -> np.ndarray:
+        """(N-1,) rest length of each edge (the edge at the access point follows the hub)."""
+        K = self.n_material
+        rest = np.full(len(self.x) - 1, self.h)
+        rest[K - 1] = max(self.inserted_mm - self.sigma[-1], 1e-3)
+        return rest
+
+    def frames(self) -> tuple[np.ndarray, np.ndarray]:
+        """Unit tangents of the incoming edge (towards the tip) and material normals at every node.
+
+        The reference (Bishop) frame is parallel-transported from the sheath to the tip; the
+        material normal is that frame turned by the node's twist angle.
+        """
+        cu = self.u_ref - (self.u_ref @ self.access_dir) * self.access_dir
+        cu /= np.linalg.norm(cu)
+        return _frames_kernel(self.x, self.access_dir, cu, self.theta)
+
+    def rest_binormals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rest κb (N,3), compliance h/EI (N,), and the rest turning factor 2 tan(φ/2) (N,)."""
+        N = len(self.x)
+        sig = np.concatenate([self.sigma, [self.inserted_mm, self.inserted_mm + self.h]])
+        tn, n = self.frames()
+        phi = self.spec.rest_curvature(sig) * self.h
+        mag = 2.0 * np.tan(0.5 * phi)
+        # frames at node c: the incoming edge is edge c (node c+1 -> c), stored at index c
+        kb = mag[:, None] * np.cross(tn, n)
+        kb[0] = 0.0
+        kb[N - 1] = 0.0
+        alpha = self.h / self.spec.ei_at(sig)
+        return kb, alpha, mag
+
+
+class DeviceStack:
+    """A coaxial stack in a vessel tree, outermost first; driven by :class:`HubCommand` per device.
+
+    Args:
+        tree: the vessel model.
+        specs: the devices, outermost first (e.g. guide, intermediate, microcatheter, microwire).
+        access_label: branch whose last point is the puncture (the device enters against the flow).
+        inserted_mm: initial inserted length of each device, mm.
+        dt: time step, s.
+        thresholds: safety thresholds.
+    """
+
+    def __init__(self, tree: VesselTree, specs: list[DeviceSpec], access_label: str = "R_CFA",
+                 inserted_mm: list[float] | None = None, dt: float = 1e-3,
+                 thresholds: SafetyThresholds | None = None, iterations: int = 3) -> None:
+        if not specs:
+            raise StackError("a stack needs at least one device")
+        for outer, inner in zip(specs, specs[1:], strict=False):
+            if not outer.has_lumen:
+                raise StackError(f"'{inner.name}' cannot go inside '{outer.name}': it has no lumen")
+            if inner.outer_diameter_mm > outer.inner_diameter_mm:
+                raise StackError(f"'{inner.name}' ({inner.outer_diameter_mm:.3g} mm) does not fit the lumen of "
+                                 f"'{outer.name}' ({outer.inner_diameter_mm:.3g} mm)")
+        self.tree = tree
+        self.dt = float(dt)
+        self.iterations = int(iterations)
+        #: wall compliance, mm/N (1 / 200 N/mm: a stiff arterial wall against a device)
+        self.wall_compliance_mm_n = 1.0 / 200.0
+        self.thresholds = thresholds or SafetyThresholds()
+        self.time_s = 0.0
+        self.log: list[str] = []
+        self.events: list[SafetyEvent] = []
+        acc = tree[access_label]
+        self.access = acc.points_mm[-1].copy()
+        path, _ = tree.path_polyline(access_label, tree.root)
+        self.path = path
+        inward = path[min(3, len(path) - 1)] - path[0]
+        inward /= np.linalg.norm(inward)
+        # the sheath: 10 mm in the artery
+        self.access = path[0] + 0.0 * inward
+        ins = inserted_mm or [100.0 - 10.0 * i for i in range(len(specs))]
+        self.rods = [Rod(s, self.access, inward, L, path) for s, L in zip(specs, ins, strict=True)]
+        self.wall_force = [np.zeros(len(r.x)) for r in self.rods]
+        self._active_events: set[tuple[str, str, int]] = set()
+
+    # ------------------------------------------------------------------ inputs
+    def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
+        a, r = float(cmd.advance_mm_s), float(cmd.rotate_deg_s)
+        if not math.isfinite(a) or not math.isfinite(r):
+            self.log.append(f"t={self.time_s:.3f}s {name}: non-finite hub command ({a}, {r}) ignored")
+            return 0.0, 0.0
+        ca = float(np.clip(a, -MAX_ADVANCE_MM_S, MAX_ADVANCE_MM_S))
+        cr = float(np.clip(r, -MAX_ROTATE_DEG_S, MAX_ROTATE_DEG_S))
+        if (ca, cr) != (a, r):
+            self.log.append(f"t={self.time_s:.3f}s {name}: hub command ({a:g} mm/s, {r:g} deg/s) clamped")
+        return ca, cr
+
+    # ------------------------------------------------------------------ the step
+    def step(self, commands: dict[str, HubCommand] | None = None) -> None:
+        """Advance the simulation by ``dt``; raises :class:`PhysicsError` on divergence."""
+        commands = commands or {}
+        dt = self.dt
+        for rod in self.rods:
+            cmd = commands.get(rod.name, HubCommand())
+            a, r = self._clamp(rod.name, cmd)
+            new_len = rod.inserted_mm + a * dt
+            top = rod.spec.length_mm - 50.0
+            if new_len > top:
+                if a > 0:
+                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: fully inserted, advance refused")
+                new_len = top
+            rod.inserted_mm = max(new_len, 1.0)
+            rod.hub_angle += math.radians(r) * dt
+            rod.remesh()
+        # predicted positions (damped velocity); x0: the start of the step (friction, velocity)
+        x0 = [rod.x.copy() for rod in self.rods]
+        for rod in self.rods:
+            rod.x[:-2] += rod.damping * rod.v[:-2] * dt
+        rounds = 2 if len(self.rods) > 1 else 1
+        for it in range(rounds):
+            self._contacts_and_solve(x0, final=(it == rounds - 1))
+            self._coaxial()
+        for k, rod in enumerate(self.rods):
+            rod.v = (rod.x - x0[k]) / dt
+            self._torsion(k)
+        self.time_s += dt
+        self._check()
+        self._safety()
+
+    def _contacts_and_solve(self, x0: list[np.ndarray], final: bool) -> None:
+        allx = np.vstack([r.x for r in self.rods])
+        q = self.tree.query(allx)
+        off = 0
+        for k, rod in enumerate(self.rods):
+            N = len(rod.x)
+            sl = slice(off, off + N)
+            off += N
+            c = q.closest_mm[sl]
+            d = rod.x - c
+            dist = np.linalg.norm(d, axis=1)
+            n = d / np.maximum(dist, 1e-9)[:, None]
+            r_dev = rod.spec.outer_radius_mm
+            R = q.radius_mm[sl]
+            near = q.signed_distance_mm[sl] + r_dev > -0.3 * R
+            near[-2:] = False
+            plane_d = np.einsum("ij,ij->i", n, c) + np.maximum(R - r_dev, 0.05)
+            kb, alpha, _ = rod.rest_binormals()
+            w = np.full(N, 1.0 / rod.mass_node)
+            w[-2:] = 0.0
+            lam = np.zeros(ROWS_PER_NODE * N)
+            solve_chain(rod.x, w, rod.rest_lengths(), kb, alpha, near, n, plane_d, self.iterations, self.dt, lam,
+                        rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+            # wall force per node (N) and friction against the start of the step
+            lc = lam[0::ROWS_PER_NODE]
+            force = np.abs(lc) / (self.dt * self.dt)
+            mu = rod.spec.friction
+            disp = rod.x - x0[k]
+            dn = np.einsum("ij,ij->i", disp, n)
+            tang = disp - dn[:, None] * n
+            tl = np.linalg.norm(tang, axis=1)
+            lim = mu * np.abs(lc) / rod.mass_node
+            f = np.where(tl <= lim, 1.0, lim / np.maximum(tl, 1e-15))
+            f[lc == 0.0] = 0.0
+            f[-2:] = 0.0
+            rod.x -= f[:, None] * tang
+            # friction moved nodes along the wall: restore the constraints (one more pass)
+            lam2 = np.zeros(ROWS_PER_NODE * N)
+            solve_chain(rod.x, w, rod.rest_lengths(), kb, alpha, near, n, plane_d, 1, self.dt, lam2,
+                        rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+            if final:
+                self.wall_force[k] = force
+                self._branch_at = q.branch
+                self._radius_at = R
+
+    def _coaxial(self) -> None:
+        if len(self.rods) < 2:
+            return
+        offs = np.cumsum([0] + [len(r.x) for r in self.rods])
+        allx = np.vstack([r.x for r in self.rods])
+        w = np.concatenate([np.r_[np.full(len(r.x) - 2, 1.0 / r.mass_node), 0.0, 0.0] for r in self.rods])
+        li, lo1, lo2, lb, lg = [], [], [], [], []
+        for j in range(1, len(self.rods)):
+            inner, outer = self.rods[j], self.rods[j - 1]
+            a = inner.inserted_mm - inner.sigma  # arc from the access point
+            so = outer.inserted_mm - a
+            inside = (so >= 0.0) & (so <= outer.inserted_mm - 0.1)
+            if not np.any(inside):
+                continue
+            ks = np.nonzero(inside)[0]
+            pos = np.interp(so[ks], outer.sigma, np.arange(outer.n_material), right=outer.n_material - 1)
+            o1 = np.floor(pos).astype(np.int64)
+            o2 = np.minimum(o1 + 1, outer.n_material - 1)
+            beta = pos - o1
+            li.append(offs[j] + ks)
+            lo1.append(offs[j - 1] + o1)
+            lo2.append(offs[j - 1] + o2)
+            lb.append(beta)
+            lg.append(np.full(len(ks), max(outer.spec.inner_radius_mm - inner.spec.outer_radius_mm, 0.0)))
+        if not li:
+            return
+        e = np.zeros(0, np.int64)
+        z = np.zeros(0)
+        lam_b = np.zeros((0, 3))
+        lam_c = np.zeros(0)
+        solve_links(allx, allx.copy(), w, e, e, z, e, e, e, np.zeros((0, 3)), z, e, np.zeros((0, 3)), z, z,
+                    np.concatenate(li), np.concatenate(lo1), np.concatenate(lo2), np.concatenate(lb),
+                    np.concatenate(lg), 4, self.dt, lam_b, lam_c)
+        for j, rod in enumerate(self.rods):
+            rod.x[:] = allx[offs[j]:offs[j + 1]]
+
+    def _torsion(self, k: int) -> None:
+        rod = self.rods[k]
+        N = len(rod.x)
+        sig = np.concatenate([rod.sigma, [rod.inserted_mm, rod.inserted_mm + rod.h]])
+        gj = rod.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / rod.h
+        kb, alpha, mag = rod.rest_binormals()
+        # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
+        _, n = rod.frames()
+        cur = _curvatures(rod.x)
+        tau = -np.einsum("ij,ij->i", cur - kb, mag[:, None] * n) / alpha
+        tau[0] = 0.0
+        tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
+        theta0 = rod.theta.copy()
+        rod.theta[-2:] = rod.hub_angle
+        _torsion(rod.theta, theta0, gj, tau, tau_max, 30)
+
+    # ------------------------------------------------------------------ checks and signals
+    def _check(self) -> None:
+        for rod in self.rods:
+            if not np.all(np.isfinite(rod.x)) or not np.all(np.isfinite(rod.theta)):
+                raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
+        allx = np.vstack([r.x[:-2] for r in self.rods])
+        sd = self.tree.signed_distance(allx)
+        if np.any(sd > 5.0):
+            raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {sd.max():.1f} mm outside every vessel")
+
+    def _safety(self) -> None:
+        th = self.thresholds
+        for k, rod in enumerate(self.rods):
+            f = self.wall_force[k]
+            if len(f) == 0:
+                continue
+            i = int(np.argmax(f[:-2])) if len(f) > 2 else 0
+            fmax = float(f[i])
+            # local radius scale (a small vessel tolerates less)
+            r_loc = float(self.tree.query(rod.x[i:i + 1]).radius_mm[0])
+            scale = max(r_loc / 1.5, 0.2)
+            kinds = []
+            if fmax > th.perforation_n * scale:
+                kinds.append("perforation")
+            elif fmax > th.perforation_risk_n * scale:
+                kinds.append("perforation_risk")
+            if i == 0 and fmax > th.dissection_n * scale:
+                kinds.append("dissection")
+            for kind in kinds:
+                key = (kind, rod.name, i // 5)
+                if key in self._active_events:
+                    continue
+                self._active_events.add(key)
+                q = self.tree.query(rod.x[i:i + 1])
+                self.events.append(SafetyEvent(kind, rod.name, self.time_s, fmax,
+                                               self.tree.labels[int(q.branch[0])],
+                                               tuple(float(v) for v in rod.x[i])))
+            if not kinds:
+                self._active_events = {e for e in self._active_events if e[1] != rod.name}
+
+    # ------------------------------------------------------------------ queries
+    def tip_branch(self, k: int = -1) -> str:
+        """Label of the branch the tip of device ``k`` (default: innermost) is in."""
+        q = self.tree.query(self.rods[k].x[:1])
+        return self.tree.labels[int(q.branch[0])]
+
+    def elastic_energy(self) -> float:
+        """Elastic energy of all devices (bending + torsion + stretch), N·mm."""
+        from iratrainer.physics.solver import bending_energy
+
+        E = 0.0
+        for rod in self.rods:
+            kb, alpha, _ = rod.rest_binormals()
+            N = len(rod.x)
+            c = np.arange(1, N - 1)
+            E += bending_energy(rod.x, c + 1, c, c - 1, kb[c], alpha[c])
+            sig = np.concatenate([rod.sigma, [rod.inserted_mm, rod.inserted_mm + rod.h]])
+            gj = rod.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / rod.h
+            E += float(0.5 * np.sum(gj * np.diff(rod.theta) ** 2))
+            ext = np.linalg.norm(np.diff(rod.x, axis=0), axis=1) - rod.rest_lengths()
+            E += float(0.5 * np.sum(ext[:-1] ** 2) / rod.stretch_compliance)
+        return float(E)
+

@@ -1,0 +1,213 @@
+"""Device physics: the catalogue, the rod model against beam theory, stacks, bad input."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from iratrainer.physics.catalogue import CatalogueError, default_catalogue, load_catalogue
+from iratrainer.physics.stack import DeviceStack, HubCommand, PhysicsError, StackError
+from iratrainer.physics.validate import (
+    _tube,
+    cantilever,
+    check_energy,
+    check_fuzz,
+    check_torque,
+    elastica_tip_angle,
+)
+
+INCH = 25.4
+
+
+# ---------------------------------------------------------------- catalogue
+def test_catalogue_has_the_stroke_and_arch_devices():
+    c = default_catalogue()
+    assert c["guidewire_035_angled"].outer_diameter_mm == pytest.approx(0.035 * INCH, abs=1e-3)
+    assert c["microwire_014"].outer_diameter_mm == pytest.approx(0.014 * INCH, abs=1e-3)
+    assert c["microwire_014"].shapeable
+    assert c["microcatheter_021"].inner_diameter_mm == pytest.approx(0.021 * INCH, abs=1e-3)
+    assert c["intermediate_6F"].inner_diameter_mm == pytest.approx(0.071 * INCH, abs=1e-3)
+    assert c["balloon_guide_8F"].outer_diameter_mm == pytest.approx(8 / 3, abs=1e-3)  # French = mm x 3
+    for name in ("vertebral_5F", "simmons2_5F", "multipurpose_5F"):
+        assert c[name].outer_diameter_mm == pytest.approx(5 / 3, abs=1e-3)
+    assert c["stent_retriever_4x40"].extra["stent"]["working_length_mm"] == 40.0
+    # Simmons: a reverse curve (more than 150 degrees of bend)
+    assert sum(cv.angle_deg for cv in c["simmons2_5F"].curves if cv.angle_deg > 0) > 150
+    # soft distal tips
+    for spec in c.values():
+        assert spec.ei_at(0.0) <= spec.ei_at(spec.soft_length_mm + spec.transition_mm + 1)
+
+
+def test_stack_fits_coaxially():
+    c = default_catalogue()
+    chain = ["balloon_guide_8F", "intermediate_6F", "microcatheter_021", "microwire_014"]
+    for outer, inner in zip(chain, chain[1:], strict=False):
+        assert c[inner].outer_diameter_mm <= c[outer].inner_diameter_mm
+
+
+def test_unknown_device_suggests_names():
+    with pytest.raises(CatalogueError, match="did you mean microwire_014"):
+        default_catalogue()["microwire14"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "needle"),
+    [
+        (("friction = 0.05", "friction = -1", 1), "[devices.guidewire_035_angled].friction: expected a number"),
+        (('kind = "guidewire"', 'kind = "banana"', 1), ".kind: expected one of"),
+        (("inner_diameter_mm = 0.533", "inner_diameter_mm = 5.0", 1), "is not smaller than the outer"),
+        (("format_version = 1", "format_version = 7", 1), "format_version: expected 1"),
+        (("[devices.microwire_014]", "[devices.microwire_014\n", 1), "not valid TOML"),
+    ],
+)
+def test_bad_catalogue_names_file_device_and_field(tmp_path, edit, needle):
+    from importlib import resources
+
+    text = resources.files("iratrainer").joinpath("data/devices.toml").read_text()
+    old, new, count = edit
+    assert old in text
+    p = tmp_path / "cat.toml"
+    p.write_text(text.replace(old, new, count))
+    with pytest.raises(CatalogueError) as err:
+        load_catalogue(p)
+    assert str(p) in str(err.value) and needle in str(err.value)
+
+
+def test_shaping_a_microwire_tip():
+    w = default_catalogue()["microwire_014"].with_tip_shape(90.0, 5.0)
+    assert w.rest_curvature(4.0) == pytest.approx(math.radians(90) / 5.0)
+    with pytest.raises(CatalogueError, match="no shapeable tip"):
+        default_catalogue()["balloon_guide_8F"].with_tip_shape(30.0)
+
+
+# ---------------------------------------------------------------- against beam theory
+def test_small_deflection_cantilever_within_3_percent():
+    F, L, EI = 0.001, 100.0, 100.0
+    x = cantilever(F, L, EI, steps=3000, mass=1e-9)
+    assert -x[0, 2] == pytest.approx(F * L ** 3 / (3 * EI), rel=0.03)
+    # inextensible: the rod keeps its length
+    assert np.linalg.norm(np.diff(x, axis=0), axis=1).sum() == pytest.approx(40 * L / 39.5, rel=1e-6)
+
+
+def test_elastica_tip_angle_within_3_percent():
+    load, L, EI = 3.0, 100.0, 100.0
+    x = cantilever(load * EI / L ** 2, L, EI, steps=20000)
+    t = x[0] - x[1]
+    assert math.atan2(-t[2], t[0]) == pytest.approx(elastica_tip_angle(load), rel=0.03)
+
+
+def test_elastica_reference_is_right():
+    """Small load: the elastica tends to the linear result θ_tip = F L² / (2 EI)."""
+    assert elastica_tip_angle(0.01) == pytest.approx(0.005, rel=1e-3)
+
+
+def test_torque_transmission_one_to_one():
+    row = next(check_torque())
+    assert row["passed"], row
+
+
+def test_no_energy_gain_without_input():
+    row = next(check_energy())
+    assert row["passed"], row
+    assert row["energy_end_n_mm"] <= row["energy_start_n_mm"]
+
+
+def test_short_seeded_fuzz():
+    row = next(check_fuzz(seconds=3.0, seed=1))
+    assert row["passed"], row
+
+
+@pytest.mark.slow
+def test_long_seeded_fuzz():
+    row = next(check_fuzz(seconds=120.0, seed=2))
+    assert row["passed"], row
+
+
+# ---------------------------------------------------------------- behaviour in vessels
+def test_friction_makes_the_tip_lag_the_hub():
+    spec = replace(default_catalogue()["microwire_014"], friction=0.3)
+    st = DeviceStack(_tube(bend_deg=120.0, r=1.2, length=200.0), [spec], access_label="TUBE", inserted_mm=[170.0])
+    for _ in range(200):
+        st.step({spec.name: HubCommand(0.0, 360.0)})
+    rod = st.rods[0]
+    assert rod.theta[0] < rod.hub_angle  # lag during rotation
+    assert max(st.wall_force[0]) > 0.0
+
+
+def test_inner_device_stays_in_the_outer_lumen():
+    c = default_catalogue()
+    tree = _tube(bend_deg=90.0, r=3.0, length=250.0)
+    st = DeviceStack(tree, [c["intermediate_6F"], c["microwire_014"]], access_label="TUBE", inserted_mm=[150.0, 180.0])
+    for _ in range(150):
+        st.step({"microwire_014": HubCommand(20.0, 90.0)})
+    outer, inner = st.rods
+    gap = c["intermediate_6F"].inner_radius_mm - c["microwire_014"].outer_radius_mm
+    a = inner.inserted_mm - inner.sigma
+    so = outer.inserted_mm - a
+    inside = (so > 2.0) & (so < outer.inserted_mm - 2.0)
+    pos = np.stack([np.interp(so[inside], outer.sigma, outer.x[:outer.n_material, i]) for i in range(3)], 1)
+    d = np.linalg.norm(inner.x[:inner.n_material][inside] - pos, axis=1)
+    assert d.max() <= gap + 0.05
+
+
+def test_pushing_into_a_dead_end_raises_wall_force_events():
+    spec = default_catalogue()["guidewire_035_angled"]
+    tree = _tube(length=120.0, r=1.5)
+    st = DeviceStack(tree, [replace(spec, curves=())], access_label="TUBE", inserted_mm=[100.0])
+    for _ in range(1500):
+        st.step({spec.name: HubCommand(30.0, 0.0)})
+        if st.events:
+            break
+    kinds = {e.kind for e in st.events}
+    assert kinds & {"perforation_risk", "perforation", "dissection"}
+    assert all(e.force_n > 0 and e.branch == "TUBE" for e in st.events)
+
+
+# ---------------------------------------------------------------- bad input
+def test_impossible_stacks_are_refused():
+    c = default_catalogue()
+    with pytest.raises(StackError, match="does not fit the lumen"):
+        DeviceStack(_tube(), [c["microcatheter_021"], c["intermediate_6F"]], access_label="TUBE")
+    with pytest.raises(StackError, match="has no lumen"):
+        DeviceStack(_tube(), [c["microwire_014"], c["microwire_014"]], access_label="TUBE")
+
+
+def test_bad_hub_commands_are_clamped_or_ignored_and_logged():
+    spec = default_catalogue()["microwire_014"]
+    st = DeviceStack(_tube(), [spec], access_label="TUBE", inserted_mm=[50.0])
+    st.step({spec.name: HubCommand(float("nan"), 10.0)})
+    st.step({spec.name: HubCommand(1e6, -1e9)})
+    assert any("non-finite" in m for m in st.log)
+    assert any("clamped" in m for m in st.log)
+    assert st.rods[0].inserted_mm == pytest.approx(50.0 + 60.0 * st.dt)
+
+
+def test_device_cannot_be_pushed_beyond_its_length():
+    spec = replace(default_catalogue()["microwire_014"], length_mm=200.0)
+    st = DeviceStack(_tube(length=400.0), [spec], access_label="TUBE", inserted_mm=[149.0])
+    for _ in range(100):
+        st.step({spec.name: HubCommand(60.0, 0.0)})
+    assert st.rods[0].inserted_mm <= 150.0
+    assert any("fully inserted" in m for m in st.log)
+
+
+def test_divergence_is_a_typed_error():
+    spec = default_catalogue()["microwire_014"]
+    st = DeviceStack(_tube(), [spec], access_label="TUBE", inserted_mm=[50.0])
+    st.rods[0].x[3] = np.nan
+    with pytest.raises(PhysicsError, match="diverged"):
+        st.step()
+
+
+def test_same_inputs_same_state_bit_for_bit():
+    spec = default_catalogue()["guidewire_035_angled"]
+    out = []
+    for _ in range(2):
+        st = DeviceStack(_tube(bend_deg=45.0, r=3.0), [spec], access_label="TUBE", inserted_mm=[80.0])
+        for i in range(200):
+            st.step({spec.name: HubCommand(20.0 * math.sin(i / 30), 200.0)})
+        out.append(st.rods[0].x.tobytes() + st.rods[0].theta.tobytes())
+    assert out[0] == out[1]
