@@ -103,7 +103,7 @@ def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam, s_
     e2 = np.empty(3)
     A = np.zeros((n, 2 * bw + 1))
     rhs = np.zeros(n)
-    for it in range(n_iter):
+    for _it in range(n_iter):
         rn[:, :] = -1
         rg[:, :, :] = 0.0
         active[:] = False

@@ -469,7 +469,6 @@ class DeviceStack:
 
     def _torsion(self, k: int) -> None:
         rod = self.rods[k]
-        N = len(rod.x)
         sig = np.concatenate([rod.sigma, [rod.inserted_mm, rod.inserted_mm + rod.h]])
         gj = rod.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / rod.h
         kb, alpha, mag = rod.rest_binormals()
