@@ -6,7 +6,9 @@ import subprocess
 import sys
 
 CORE = ["iratrainer.anatomy", "iratrainer.anatomy.atlas", "iratrainer.anatomy.io",
-        "iratrainer.anatomy.lumen", "iratrainer.anatomy.tree"]
+        "iratrainer.anatomy.lumen", "iratrainer.anatomy.tree", "iratrainer.physics.catalogue",
+        "iratrainer.physics.chain", "iratrainer.physics.solver", "iratrainer.physics.stack",
+        "iratrainer.physics.validate"]
 
 BLOCK = """
 import sys, importlib.abc
