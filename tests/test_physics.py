@@ -84,17 +84,19 @@ def test_shaping_a_microwire_tip():
 
 
 # ---------------------------------------------------------------- against beam theory
-def test_small_deflection_cantilever_within_3_percent():
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_small_deflection_cantilever_within_3_percent(solver):
     F, L, EI = 0.001, 100.0, 100.0
-    x = cantilever(F, L, EI, steps=3000, mass=1e-9)
+    x = cantilever(F, L, EI, steps=3000, mass=1e-9, solver=solver)
     assert -x[0, 2] == pytest.approx(F * L ** 3 / (3 * EI), rel=0.03)
     # inextensible: the rod keeps its length
     assert np.linalg.norm(np.diff(x, axis=0), axis=1).sum() == pytest.approx(40 * L / 39.5, rel=1e-6)
 
 
-def test_elastica_tip_angle_within_3_percent():
+@pytest.mark.parametrize("solver", ["primal", "dual"])
+def test_elastica_tip_angle_within_3_percent(solver):
     load, L, EI = 3.0, 100.0, 100.0
-    x = cantilever(load * EI / L ** 2, L, EI, steps=20000)
+    x = cantilever(load * EI / L ** 2, L, EI, steps=20000, solver=solver)
     t = x[0] - x[1]
     assert math.atan2(-t[2], t[0]) == pytest.approx(elastica_tip_angle(load), rel=0.03)
 

@@ -32,6 +32,7 @@ from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
 from iratrainer.physics.catalogue import DeviceSpec
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
+from iratrainer.physics.primal import solve_chain_primal
 from iratrainer.physics.solver import solve as solve_links
 
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
@@ -179,7 +180,9 @@ class Rod:
                  path_mm: np.ndarray | None = None, h_mm: float | None = None, damping: float = 0.0) -> None:
         self.spec = spec
         self.name = spec.name
-        self.h = float(h_mm if h_mm is not None else (2.0 if spec.outer_diameter_mm < 1.2 else 3.0))
+        # node spacing: 2 mm for wires and microcatheters, coarser for the stiff large catheters
+        default_h = 2.0 if spec.outer_diameter_mm < 1.2 else (3.0 if spec.outer_diameter_mm < 2.0 else 4.0)
+        self.h = float(h_mm if h_mm is not None else default_h)
         self.access = np.asarray(access_mm, dtype=np.float64)
         t = np.asarray(access_dir, dtype=np.float64)
         self.access_dir = t / np.linalg.norm(t)
@@ -311,7 +314,7 @@ class DeviceStack:
 
     def __init__(self, tree: VesselTree, specs: list[DeviceSpec], access_label: str = "R_CFA",
                  inserted_mm: list[float] | None = None, dt: float = 1e-3,
-                 thresholds: SafetyThresholds | None = None, iterations: int = 3) -> None:
+                 thresholds: SafetyThresholds | None = None, iterations: int = 3, solver: str = "primal") -> None:
         if not specs:
             raise StackError("a stack needs at least one device")
         for outer, inner in zip(specs, specs[1:], strict=False):
@@ -323,6 +326,10 @@ class DeviceStack:
         self.tree = tree
         self.dt = float(dt)
         self.iterations = int(iterations)
+        if solver not in ("primal", "dual"):
+            raise StackError(f"solver: expected 'primal' or 'dual', got {solver!r}")
+        #: "primal": node-space banded Newton (fast); "dual": banded XPBD multipliers
+        self.solver = solver
         #: wall compliance, mm/N (1 / 200 N/mm: a stiff arterial wall against a device)
         self.wall_compliance_mm_n = 1.0 / 200.0
         self.thresholds = thresholds or SafetyThresholds()
@@ -375,10 +382,10 @@ class DeviceStack:
         x0 = [rod.x.copy() for rod in self.rods]
         for rod in self.rods:
             rod.x[:-2] += rod.damping * rod.v[:-2] * dt
-        rounds = 2 if len(self.rods) > 1 else 1
-        for it in range(rounds):
-            self._contacts_and_solve(x0, final=(it == rounds - 1))
-            self._coaxial()
+        # one round: wall and rod constraints per device, then the coaxial links (whatever the
+        # links leave unsatisfied is taken up by the next step's solve)
+        self._contacts_and_solve(x0, final=True)
+        self._coaxial()
         for k, rod in enumerate(self.rods):
             rod.v = (rod.x - x0[k]) / dt
             self._torsion(k)
@@ -406,11 +413,19 @@ class DeviceStack:
             kb, alpha, _ = rod.rest_binormals()
             w = np.full(N, 1.0 / rod.mass_node)
             w[-2:] = 0.0
-            lam = np.zeros(ROWS_PER_NODE * N)
-            solve_chain(rod.x, w, rod.rest_lengths(), kb, alpha, near, n, plane_d, self.iterations, self.dt, lam,
-                        rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+            rest = rod.rest_lengths()
+            if self.solver == "primal":
+                force = np.zeros(N)
+                x_pred = rod.x.copy()
+                solve_chain_primal(rod.x, x_pred, w, rest, kb, alpha, rod.stretch_compliance, near, n, plane_d,
+                                   self.wall_compliance_mm_n, self.iterations, self.dt, 1.0, force)
+                lc = -force * self.dt * self.dt
+            else:
+                lam = np.zeros(ROWS_PER_NODE * N)
+                solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, self.iterations, self.dt, lam,
+                            rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+                lc = lam[0::ROWS_PER_NODE]
             # wall force per node (N) and friction against the start of the step
-            lc = lam[0::ROWS_PER_NODE]
             force = np.abs(lc) / (self.dt * self.dt)
             mu = rod.spec.friction
             disp = rod.x - x0[k]
@@ -423,9 +438,12 @@ class DeviceStack:
             f[-2:] = 0.0
             rod.x -= f[:, None] * tang
             # friction moved nodes along the wall: restore the constraints (one more pass)
-            lam2 = np.zeros(ROWS_PER_NODE * N)
-            solve_chain(rod.x, w, rod.rest_lengths(), kb, alpha, near, n, plane_d, 1, self.dt, lam2,
-                        rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+            if self.solver == "primal":
+                solve_chain_primal(rod.x, rod.x.copy(), w, rest, kb, alpha, rod.stretch_compliance, near, n,
+                                   plane_d, self.wall_compliance_mm_n, 1, self.dt, 1.0, np.zeros(N))
+            else:
+                solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, 1, self.dt, np.zeros(ROWS_PER_NODE * N),
+                            rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
             if final:
                 self.wall_force[k] = force
                 self._branch_at = q.branch

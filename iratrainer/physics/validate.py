@@ -27,16 +27,18 @@ import numpy as np
 from iratrainer.anatomy.tree import Branch, VesselTree
 from iratrainer.physics.catalogue import default_catalogue
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
+from iratrainer.physics.primal import solve_chain_primal
 from iratrainer.physics.stack import MAX_ADVANCE_MM_S, MAX_ROTATE_DEG_S, DeviceStack, HubCommand, PhysicsError
 
 __all__ = ["run_checks", "cantilever", "elastica_tip_angle"]
 
 
 def cantilever(F_n: float, L_mm: float = 100.0, EI: float = 100.0, N: int = 41, steps: int = 4000,
-               mass: float = 1e-7) -> np.ndarray:
+               mass: float = 1e-7, solver: str = "primal") -> np.ndarray:
     """Static shape of a clamped rod with a vertical tip load F (N), via the chain solver.
 
     The clamp is the middle of the fixed first edge, at x = 0; the tip starts at x = L.
+    ``solver``: ``"primal"`` (the one the device stack uses) or ``"dual"``.
     Returns the node positions (tip first).
     """
     h = L_mm / (N - 1.5)
@@ -52,9 +54,14 @@ def cantilever(F_n: float, L_mm: float = 100.0, EI: float = 100.0, N: int = 41, 
     f = np.zeros((N, 3))
     f[0, 2] = -F_n
     dt = 1e-3
+    force = np.zeros(N)
     for _ in range(steps):
         x = x + dt * dt * w[:, None] * f
-        solve_chain(x, w, rest, kb, alpha, on, np.zeros((N, 3)), np.zeros(N), 4, dt, lam)
+        if solver == "primal":
+            solve_chain_primal(x, x.copy(), w, rest, kb, alpha, 0.0, on, np.zeros((N, 3)), np.zeros(N), 0.0, 4,
+                               dt, 1.0, force)
+        else:
+            solve_chain(x, w, rest, kb, alpha, on, np.zeros((N, 3)), np.zeros(N), 4, dt, lam)
     return x
 
 
@@ -93,17 +100,20 @@ def _check(name: str, value: float, reference: float, tol: float, **extra: Any) 
 
 
 def check_cantilever() -> Iterator[dict[str, Any]]:
-    """Small and large deflection of a cantilever against beam theory."""
+    """Small and large deflection of a cantilever against beam theory, with both solvers."""
     F, L, EI = 0.001, 100.0, 100.0
-    x = cantilever(F, L, EI, steps=3000, mass=1e-9)
-    yield _check("cantilever_small_deflection", float(-x[0, 2]), F * L ** 3 / (3 * EI), 0.03,
-                 unit="mm", workload="41 nodes, L 100 mm, EI 100 N·mm², F 1 mN (δ/L 3%)")
+    for solver in ("primal", "dual"):
+        x = cantilever(F, L, EI, steps=3000, mass=1e-9, solver=solver)
+        yield _check("cantilever_small_deflection", float(-x[0, 2]), F * L ** 3 / (3 * EI), 0.03, unit="mm",
+                     solver=solver, workload="41 nodes, L 100 mm, EI 100 N·mm², F 1 mN (δ/L 3%)")
     load = 3.0
-    x = cantilever(load * EI / L ** 2, L, EI, steps=20000)
-    t = x[0] - x[1]
-    tip = math.atan2(-t[2], t[0])
-    yield _check("cantilever_elastica", math.degrees(tip), math.degrees(elastica_tip_angle(load)), 0.03,
-                 unit="deg", workload="F·L²/EI = 3, tip rotation against the elastica (shooting method)")
+    for solver in ("primal", "dual"):
+        x = cantilever(load * EI / L ** 2, L, EI, steps=20000, solver=solver)
+        t = x[0] - x[1]
+        tip = math.atan2(-t[2], t[0])
+        yield _check("cantilever_elastica", math.degrees(tip), math.degrees(elastica_tip_angle(load)), 0.03,
+                     unit="deg", solver=solver,
+                     workload="F·L²/EI = 3, tip rotation against the elastica (shooting method)")
 
 
 def check_torque() -> Iterator[dict[str, Any]]:
