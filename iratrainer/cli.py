@@ -169,6 +169,48 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _progress_bar(stage: str, frac: float) -> None:
+    n = int(round(30 * frac))
+    end = "\n" if frac >= 1.0 else ""
+    print(f"\rsegmenting: [{'#' * n}{' ' * (30 - n)}] {100 * frac:3.0f}% {stage:<12}", end=end, file=sys.stderr,
+          flush=True)
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from iratrainer.anatomy.io import save_vessels
+    from iratrainer.segmentation.dicom_io import Run2D, read_dicom
+    from iratrainer.segmentation.vessel3d import segment_volume
+
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise IratrainerError(f"{out}: folder {out.parent} does not exist")
+    seed = None
+    if args.seed_point:
+        try:
+            seed = np.array([float(v) for v in args.seed_point.split(",")])
+            assert seed.shape == (3,)
+        except (ValueError, AssertionError):
+            raise IratrainerError(f"--seed-point: expected x,y,z in mm, got {args.seed_point!r}") from None
+    data = read_dicom(args.inputs, series_uid=args.series, say=lambda m: print(f"iratrainer: {m}", file=sys.stderr))
+    if isinstance(data, Run2D):
+        raise IratrainerError("the input is an X-ray angiography run (2-D): 2-D and biplane segmentation are not "
+                              "implemented yet; give a CT/MR angiography or 3-D rotational angiography series")
+    seg = segment_volume(data, seed_point=seed, progress=None if args.quiet else _progress_bar)
+    tree = seg.tree
+    save_vessels(tree, out)
+    if args.preview:
+        from iratrainer.segmentation.preview import save_segmentation_preview
+
+        save_segmentation_preview(data, tree, args.preview)
+    radii = np.concatenate([b.radii_mm for b in tree.branches])
+    print(f"wrote {out}: {len(tree)} branches, {tree.total_length_mm:.0f} mm of centerline, "
+          f"radius {radii.min():.2f}-{radii.max():.2f} mm ({data.modality}, {data.voxels.shape[2]}x"
+          f"{data.voxels.shape[1]}x{data.voxels.shape[0]} voxels)")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from iratrainer.bench import GROUPS, run_benchmarks
 
@@ -297,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--pulses", type=int, default=4, help="fluoroscopy pulses (recursive filter warm-up)")
     r.add_argument("--seed", type=_seed, default=0, help="noise seed")
     r.set_defaults(func=_cmd_render)
+
+    sg = sub.add_parser("segment", help="segment vessels from DICOM (CTA, MRA, 3-D RA) into a model file",
+                        description="DICOM import with de-identification, automatic 3-D vessel segmentation, "
+                        "centerline tree.")
+    sg.add_argument("inputs", nargs="+", help="DICOM files and/or folders")
+    sg.add_argument("--out", required=True, help="output MODEL.vessels.json")
+    sg.add_argument("--series", help="SeriesInstanceUID to use when the input holds several series")
+    sg.add_argument("--seed-point", help="x,y,z (LPS mm): root the tree at the vessel end nearest this point")
+    sg.add_argument("--preview", help="PNG: maximum-intensity projections with the centerlines")
+    sg.add_argument("--quiet", action="store_true", help="no progress bar")
+    sg.set_defaults(func=_cmd_segment)
 
     va = sub.add_parser("validate", help="check the models against physics (one JSON line per check)",
                         description="Physics checks with their error and tolerance; exit 1 if any fails.")

@@ -49,7 +49,7 @@ def _seg_sd(px, py, pz, ax, ay, az, dx, dy, dz, len2, ra, dr):  # pragma: no cov
 
 @nb.njit(cache=True)
 def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr, band,
-                  out_seg, out_t, out_sd):  # pragma: no cover - numba
+                  out_seg, out_t, out_sd, exact_far=True):  # pragma: no cover - numba
     n = pts.shape[0]
     nseg = a.shape[0]
     nx, ny, nz = dims[0], dims[1], dims[2]
@@ -71,6 +71,11 @@ def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
                     best = sd
                     bseg = s
                     bt = t
+        if (bseg < 0 or best > band) and not exact_far:
+            out_seg[i] = -1
+            out_t[i] = 0.0
+            out_sd[i] = band
+            continue
         if bseg < 0 or best > band:
             best = np.inf
             for s in range(nseg):
@@ -194,6 +199,20 @@ class LumenIndex:
     def signed_distance(self, points_mm: np.ndarray) -> np.ndarray:
         """Signed distance to the lumen wall (mm) of each point, negative inside."""
         return self._run(points_mm)[3]
+
+    def signed_distance_banded(self, points_mm: np.ndarray) -> np.ndarray:
+        """Like :meth:`signed_distance`, but points farther than ``band_mm`` outside get ``band_mm``.
+
+        No brute-force fallback: fast for dense grids (voxelisation) where only the band matters.
+        """
+        p = np.ascontiguousarray(np.atleast_2d(np.asarray(points_mm, dtype=np.float64)))
+        n = len(p)
+        seg = np.empty(n, np.int64)
+        t = np.empty(n, np.float64)
+        sd = np.empty(n, np.float64)
+        _query_kernel(p, self.origin, self.cell, self.dims, self.cell_start, self.cand, self.a, self.d, self.len2,
+                      self.ra, self.dr, self.band, seg, t, sd, False)
+        return sd
 
     def query(self, points_mm: np.ndarray) -> LumenQuery:
         """Full query; see :meth:`iratrainer.anatomy.tree.VesselTree.query`."""

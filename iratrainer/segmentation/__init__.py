@@ -1,0 +1,1 @@
+"""Segmentation: DICOM import with de-identification, vessel extraction, phantoms with truth."""
