@@ -74,5 +74,5 @@ def centerline_accuracy(detected: VesselTree, truth: VesselTree, voxel_mm: float
     d2 = np.linalg.norm(TPa[sel] - q2.closest_mm, axis=1)
     recall = float(np.mean(d2 <= TRa[sel])) if np.any(sel) else float("nan")
     n_true = sum(1 for b in truth.branches if b.radii_mm.max() >= min_radius_vox * voxel_mm * 0.5)
-    return Accuracy(float(dv.mean()), float(np.median(dv)), float(np.percentile(dv, 95)), precision, recall, rad_err, len(detected),
-                    n_true)
+    return Accuracy(float(dv.mean()), float(np.median(dv)), float(np.percentile(dv, 95)), precision, recall,
+                    rad_err, len(detected), n_true)

@@ -272,7 +272,7 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         for j in remaining:
             pj, _ = polys[j]
             for e in (0, -1):
-                for i, lab in placed.items():
+                for lab in placed.values():
                     pi = [b for b in out if b.label == lab][0].points_mm
                     d = np.linalg.norm(pi - pj[e], axis=1)
                     k = int(np.argmin(d))
