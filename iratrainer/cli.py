@@ -194,10 +194,26 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         except (ValueError, AssertionError):
             raise IratrainerError(f"--seed-point: expected x,y,z in mm, got {args.seed_point!r}") from None
     data = read_dicom(args.inputs, series_uid=args.series, say=lambda m: print(f"iratrainer: {m}", file=sys.stderr))
+    progress = None if args.quiet else _progress_bar
     if isinstance(data, Run2D):
-        raise IratrainerError("the input is an X-ray angiography run (2-D): 2-D and biplane segmentation are not "
-                              "implemented yet; give a CT/MR angiography or 3-D rotational angiography series")
-    seg = segment_volume(data, seed_point=seed, progress=None if args.quiet else _progress_bar)
+        from iratrainer.segmentation.vessel2d import segment_run
+
+        seg2 = segment_run(data, progress=progress)
+        tree = seg2.tree
+        unit = "mm" if seg2.calibrated else "px"
+        if not seg2.calibrated:
+            print("iratrainer: warning: the run has no ImagerPixelSpacing/distances: the tree is in pixels",
+                  file=sys.stderr)
+        save_vessels(tree, out)
+        if args.preview:
+            from iratrainer.segmentation.preview import save_run_preview
+
+            save_run_preview(data, seg2, args.preview)
+        radii = np.concatenate([b.radii_mm for b in tree.branches])
+        print(f"wrote {out}: {len(tree)} branches, {tree.total_length_mm:.0f} {unit} of centerline, radius "
+              f"{radii.min():.2f}-{radii.max():.2f} {unit} (2-D, detector plane, {data.frames.shape[0]} frame(s))")
+        return 0
+    seg = segment_volume(data, seed_point=seed, progress=progress)
     tree = seg.tree
     save_vessels(tree, out)
     if args.preview:

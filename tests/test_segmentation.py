@@ -157,9 +157,55 @@ def test_segment_cli_user_errors(tmp_path, capsys):
     out = tmp_path / "m.vessels.json"
     assert main(["segment", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
-    run = tmp_path / "run.dcm"
-    main(["render", "--atlas", "I", "--mode", "dsa", "--size", "64", "--out", str(run)])
-    capsys.readouterr()
-    assert main(["segment", str(run), "--out", str(out)]) == 2
-    assert "2-D and biplane segmentation are not implemented yet" in capsys.readouterr().err
+    assert main(["segment", str(tmp_path), "--out", str(tmp_path / "nofolder" / "m.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_2d_segmentation_of_a_simulated_dsa_run(tmp_path):
+    """Centerlines found in a rendered lateral DSA lie within 1 pixel of the projected truth."""
+    from iratrainer.imaging.geometry import lateral
+    from iratrainer.segmentation.vessel2d import segment_run
+
+    run_path = tmp_path / "dsa.dcm"
+    assert main(["render", "--atlas", "I", "--plane", "lateral", "--mode", "dsa", "--size", "512",
+                 "--inject", "L_ICA", "--no-devices", "--out", str(run_path)]) == 0
+    run = read_dicom([run_path])
+    seg = segment_run(run)
+    assert seg.mask_frame == 0 and seg.peak_frame > 0 and seg.calibrated
+    atlas = build_atlas()
+    plane = lateral(matrix=512)
+    truth_px, true_r = [], []
+    for lab in atlas.subtree("L_ICA"):
+        b = atlas[lab]
+        uv, depth = plane.project(b.points_mm)
+        truth_px.append(uv - 0.5)  # pixel centres at integer indices
+        true_r.append(b.radii_mm * plane.sid_mm / depth / plane.pixel_mm)
+    T = np.vstack(truth_px)
+    TR = np.concatenate(true_r)
+    P = np.vstack([b.points_mm[:, :2] for b in seg.tree.branches]) / seg.pixel_mm
+    from scipy.spatial import cKDTree
+
+    d, i = cKDTree(T).query(P)
+    wide = TR[i] >= 1.5  # vessels at least 3 pixels wide
+    inside = (np.hypot(*(P - 256).T) < 230)
+    sel = wide & inside
+    assert sel.sum() > 200
+    assert np.mean(d[sel]) <= 1.0
+    assert len(seg.tree) >= 10
+
+
+def test_real_angiogram_gives_a_tree(tmp_path, capsys):
+    from pathlib import Path
+
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "angiograms" / \
+        "nema-wg04-xa1-lateral-cerebral.dcm"
+    if not real.exists():
+        pytest.skip("shared data not available")
+    out = tmp_path / "real.vessels.json"
+    assert main(["segment", str(real), "--out", str(out), "--preview", str(tmp_path / "p.png"), "--quiet"]) == 0
+    msg = capsys.readouterr()
+    assert "in pixels" in msg.err
+    doc = json.loads(out.read_text())
+    assert doc["metadata"]["units"] == "pixels"
+    assert len(doc["branches"]) >= 30

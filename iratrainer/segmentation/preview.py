@@ -54,3 +54,33 @@ def save_segmentation_preview(volume: Volume, tree: VesselTree, path: str | os.P
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": "iratrainer"})
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_run_preview(run: object, seg: object, path: str | os.PathLike[str]) -> Path:
+    """The angiogram (peak frame) and its subtraction with the 2-D centerlines drawn over them."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+
+    frames = run.frames  # type: ignore[attr-defined]
+    peak = frames[seg.peak_frame]  # type: ignore[attr-defined]
+    px = seg.pixel_mm  # type: ignore[attr-defined]
+    tree = seg.tree  # type: ignore[attr-defined]
+    fig = Figure(figsize=(14, 7.4), dpi=100)
+    axes = fig.subplots(1, 2)
+    axes[0].imshow(peak, cmap="gray")
+    axes[0].set_title("angiogram (peak opacification frame)", fontsize=10)
+    axes[1].imshow(seg.subtracted, cmap="gray_r")  # type: ignore[attr-defined]
+    cmap = colormaps["tab20"]
+    for i, b in enumerate(tree.branches):
+        xy = b.points_mm[:, :2] / px
+        axes[1].plot(xy[:, 0], xy[:, 1], color=cmap(i % 20), lw=1.2)
+    axes[1].set_title(f"vessels found: {len(tree)} branches", fontsize=10)
+    for a in axes:
+        a.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": "iratrainer"})
+    return atomic_write_bytes(path, buf.getvalue())

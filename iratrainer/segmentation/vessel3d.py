@@ -253,8 +253,30 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             polys.append((pts, r))
     if not polys:
         raise SegmentationError("no usable centerline")
-    # root: the end point nearest the seed, or the widest end point
-    ends = [(i, e) for i in range(len(polys)) for e in (0, -1)]
+    tol = 3.0 * vox
+    # connected groups of polylines (an end point within tolerance of another polyline)
+    parent_of = list(range(len(polys)))
+
+    def find(a: int) -> int:
+        while parent_of[a] != a:
+            parent_of[a] = parent_of[parent_of[a]]
+            a = parent_of[a]
+        return a
+
+    for i in range(len(polys)):
+        for j in range(len(polys)):
+            if i == j:
+                continue
+            for e in (0, -1):
+                if np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) <= 2 * tol:
+                    parent_of[find(i)] = find(j)
+    groups: dict[int, float] = {}
+    for i, (p, _) in enumerate(polys):
+        groups[find(i)] = groups.get(find(i), 0.0) + float(np.sum(np.linalg.norm(np.diff(p, axis=0), axis=1)))
+    main = max(groups, key=lambda g: groups[g])
+    # root: the end point nearest the seed, or the widest end point of the largest group
+    ends = [(i, e) for i in range(len(polys)) for e in (0, -1)
+            if seed_point is not None or find(i) == main]
     if seed_point is not None:
         sp = np.asarray(seed_point, dtype=np.float64)
         root_i, root_e = min(ends, key=lambda ie: float(np.linalg.norm(polys[ie[0]][0][ie[1]] - sp)))
@@ -265,27 +287,36 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         polys[root_i] = (polys[root_i][0][::-1].copy(), polys[root_i][1][::-1].copy())
     placed: dict[int, str] = {root_i: "V0"}
     out = [Branch("V0", None, 0, polys[root_i][0], polys[root_i][1])]
+    where = {"V0": 0}  # label -> index in out
     remaining = set(range(len(polys))) - {root_i}
-    tol = 3.0 * vox
-    while remaining:
-        best = None
+    # best attachment of each remaining polyline: (distance, end, label, index on the parent)
+    best_of: dict[int, tuple[float, int, str, int]] = {}
+
+    def offer(label: str) -> None:
+        pts_l = out[where[label]].points_mm
         for j in remaining:
-            pj, _ = polys[j]
+            pj = polys[j][0]
             for e in (0, -1):
-                for lab in placed.values():
-                    pi = [b for b in out if b.label == lab][0].points_mm
-                    d = np.linalg.norm(pi - pj[e], axis=1)
-                    k = int(np.argmin(d))
-                    if best is None or d[k] < best[0]:
-                        best = (float(d[k]), j, e, lab, k)
-        if best is None or best[0] > tol + 3.0 * vox:
-            break  # the rest is disconnected
-        _, j, e, lab, k = best
+                d = np.linalg.norm(pts_l - pj[e], axis=1)
+                k = int(np.argmin(d))
+                if j not in best_of or d[k] < best_of[j][0]:
+                    best_of[j] = (float(d[k]), e, label, k)
+
+    offer("V0")
+    while remaining:
+        cands = [(best_of[j][0], j) for j in remaining if j in best_of]
+        if not cands:
+            break
+        dist, j = min(cands)
+        if dist > 2 * tol:
+            break  # the rest is disconnected from the tree
+        _, e, lab, k = best_of[j]
         pj, rj = polys[j]
         if e == -1:
             pj, rj = pj[::-1].copy(), rj[::-1].copy()
-        parent = [b for b in out if b.label == lab][0]
+        parent = out[where[lab]]
         pp = parent.points_mm
+        remaining.discard(j)
         if k >= len(pp) - 2 and len(pp) >= 3 and len(pj) >= 3:
             # attached at the parent's end: if it continues the parent's direction (< 50 degrees)
             # and nothing else leaves there yet, it is the same vessel beyond a junction
@@ -297,21 +328,20 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
                 ext = np.vstack([pp, pj])
                 er = np.concatenate([parent.radii_mm, rj])
                 keep = np.concatenate([[True], np.linalg.norm(np.diff(ext, axis=0), axis=1) > 1e-6])
-                out[out.index(parent)] = Branch(parent.label, parent.parent, parent.parent_index, ext[keep],
-                                                er[keep])
+                out[where[lab]] = Branch(parent.label, parent.parent, parent.parent_index, ext[keep], er[keep])
                 placed[j] = lab
-                remaining.discard(j)
+                offer(lab)
                 continue
-        pts = np.vstack([parent.points_mm[k], pj])
+        pts = np.vstack([pp[k], pj])
         rr = np.concatenate([[rj[0]], rj])
         keep = np.concatenate([[True], np.linalg.norm(np.diff(pts, axis=0), axis=1) > 1e-6])
         pts, rr = pts[keep], rr[keep]
         if len(pts) < 2:
-            remaining.discard(j)
             continue
         name = f"V{len(out)}"
         out.append(Branch(name, lab, k, pts, rr))
+        where[name] = len(out) - 1
         placed[j] = name
-        remaining.discard(j)
+        offer(name)
     return VesselTree(out, metadata={"source": "segmentation", "method": "iratrainer 3-D pipeline",
                                      "provenance": volume.provenance})
