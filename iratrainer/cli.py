@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     va.set_defaults(func=_cmd_validate)
 
     b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
-                       description="Benchmarks (medians of repeated runs). Groups: anatomy, render, physics.")
+                       description="Benchmarks (medians of repeated runs). Groups: anatomy, render, physics, segment.")
     b.add_argument("groups", nargs="*", help="groups to run (default: all)")
     b.add_argument("--repeats", type=int, default=None, help="timed repeats per figure")
     b.set_defaults(func=_cmd_bench)
