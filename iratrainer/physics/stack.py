@@ -407,7 +407,9 @@ class DeviceStack:
             n = d / np.maximum(dist, 1e-9)[:, None]
             r_dev = rod.spec.outer_radius_mm
             R = q.radius_mm[sl]
-            near = q.signed_distance_mm[sl] + r_dev > -0.3 * R
+            # every free node carries its wall plane (inactive unless violated): a node that
+            # moves far in one step (a whip) cannot cross the wall unconstrained
+            near = np.ones(N, dtype=bool)
             near[-2:] = False
             plane_d = np.einsum("ij,ij->i", n, c) + np.maximum(R - r_dev, 0.05)
             kb, alpha, _ = rod.rest_binormals()
