@@ -213,3 +213,35 @@ def test_same_inputs_same_state_bit_for_bit():
             st.step({spec.name: HubCommand(20.0 * math.sin(i / 30), 200.0)})
         out.append(st.rods[0].x.tobytes() + st.rods[0].theta.tobytes())
     assert out[0] == out[1]
+
+
+def _y_tree():
+    """A trunk (entered from below) dividing into LEFT (+x) and RIGHT (-x) branches at 35 degrees."""
+    from iratrainer.anatomy.tree import Branch, VesselTree
+
+    s = np.linspace(0, 60, 61)
+    trunk = np.stack([0 * s, 0 * s, -s], 1)
+    t = np.linspace(0, 50, 51)
+    a = math.radians(35)
+
+    def daughter(sign: float) -> np.ndarray:
+        return np.stack([sign * math.sin(a) * t, 0 * t, math.cos(a) * t], 1)
+
+    return VesselTree([Branch("TRUNK", None, 0, trunk, np.full(61, 2.5)),
+                       Branch("LEFT", "TRUNK", 0, daughter(1.0), np.full(51, 2.0)),
+                       Branch("RIGHT", "TRUNK", 0, daughter(-1.0), np.full(51, 2.0))])
+
+
+@pytest.mark.parametrize(("turn_deg", "expected"), [(0, "LEFT"), (180, "RIGHT")])
+def test_vessel_selection_emerges_from_tip_shape_and_torque(turn_deg, expected):
+    """Turning the hub half a turn turns the angled tip, and the wire takes the other branch."""
+    spec = default_catalogue()["guidewire_035_angled"]
+    st = DeviceStack(_y_tree(), [spec], access_label="TRUNK", inserted_mm=[40.0])
+    for _ in range(int(turn_deg / 180 * 1000)):
+        st.step({spec.name: HubCommand(0.0, 180.0)})
+    for _ in range(60):
+        st.step()
+    for _ in range(2500):
+        st.step({spec.name: HubCommand(20.0, 0.0)})
+    assert st.tip_branch() == expected
+    assert math.degrees(st.rods[0].theta[0]) == pytest.approx(turn_deg, abs=15)

@@ -338,7 +338,11 @@ class DeviceStack:
         self.events: list[SafetyEvent] = []
         acc = tree[access_label]
         self.access = acc.points_mm[-1].copy()
-        path, _ = tree.path_polyline(access_label, tree.root)
+        # the way in: from the access branch's last point against the flow towards the root
+        if access_label == tree.root:
+            path = acc.points_mm[::-1].copy()
+        else:
+            path, _ = tree.path_polyline(access_label, tree.root)
         self.path = path
         inward = path[min(3, len(path) - 1)] - path[0]
         inward /= np.linalg.norm(inward)
