@@ -218,17 +218,23 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             P = ndi.uniform_filter1d(P, 3, axis=0, mode="nearest")
         cent = np.empty_like(P)
         rad = np.empty(len(P))
+        tubular = np.ones(len(P), bool)
         for i in range(len(P)):
             t = P[min(i + 2, len(P) - 1)] - P[max(i - 2, 0)]
-            r0 = max(float(edt[tuple(br[i])]), 1.0)
+            r_e = float(edt[tuple(br[i])]) + 0.5
+            r0 = max(r_e - 0.5, 1.0)
             c, r, _ = _cross_section(sm, P[i], t, r0, background)
             # a second pass from the refined point
             c, r, _ = _cross_section(sm, c, t, max(r, 0.8), background)
             cent[i], rad[i] = c, r
+            # at a junction the cross-section holds two vessels: its centroid wanders off the
+            # skeleton and its radius swells; such points are left out (the tree joins across)
+            if np.linalg.norm(c - P[i]) > max(1.0, 0.6 * r_e) or r > 1.6 * r_e:
+                tubular[i] = False
         if len(cent) >= 5:
             cent = ndi.uniform_filter1d(cent, 3, axis=0, mode="nearest")
             rad = ndi.median_filter(rad, size=5, mode="nearest")
-        good = rad >= min_radius_vox
+        good = (rad >= min_radius_vox) & tubular
         if good.sum() >= 2:
             refined.append((cent[good], rad[good]))
     if not refined:
@@ -240,7 +246,7 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
 
 
 def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
-                seed_point: np.ndarray | None) -> VesselTree:
+                seed_point: np.ndarray | None, join_radii: float = 3.0) -> VesselTree:
     """Connect branch polylines (voxel coordinates z, y, x) into a tree in LPS mm."""
     vox = float(np.mean(volume.spacing_mm))
     polys = []
@@ -254,6 +260,12 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
     if not polys:
         raise SegmentationError("no usable centerline")
     tol = 3.0 * vox
+
+    def reach(i: int, e: int) -> float:
+        """How far an end may be from another branch and still join it: junction points were
+        left out over about two radii, so the gap scales with the local radius."""
+        return 2 * tol + join_radii * float(polys[i][1][e])
+
     # connected groups of polylines (an end point within tolerance of another polyline)
     parent_of = list(range(len(polys)))
 
@@ -268,7 +280,7 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             if i == j:
                 continue
             for e in (0, -1):
-                if np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) <= 2 * tol:
+                if np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) <= reach(i, e):
                     parent_of[find(i)] = find(j)
     groups: dict[int, float] = {}
     for i, (p, _) in enumerate(polys):
@@ -307,9 +319,10 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         cands = [(best_of[j][0], j) for j in remaining if j in best_of]
         if not cands:
             break
-        dist, j = min(cands)
-        if dist > 2 * tol:
+        cands = [(d, j) for d, j in cands if d <= reach(j, best_of[j][1])]
+        if not cands:
             break  # the rest is disconnected from the tree
+        dist, j = min(cands)
         _, e, lab, k = best_of[j]
         pj, rj = polys[j]
         if e == -1:
