@@ -27,11 +27,9 @@ from scipy import ndimage as ndi
 
 from iratrainer.anatomy.tree import VesselTree
 from iratrainer.segmentation.dicom_io import Run2D, Volume
-from iratrainer.segmentation.vessel3d import SegmentationError, _build_tree
+from iratrainer.segmentation.vessel3d import SegmentationError, _build_tree, _trace_branches
 
 __all__ = ["Segmentation2D", "segment_run"]
-
-_NB8 = [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)]
 
 
 @dataclass(frozen=True)
@@ -57,31 +55,6 @@ def _field(img: np.ndarray) -> np.ndarray:
         sizes = ndi.sum(np.ones_like(lab), lab, range(1, n + 1))
         field = lab == (np.argmax(sizes) + 1)
     return ndi.binary_erosion(field, iterations=8)
-
-
-def _trace2d(skel: np.ndarray) -> list[np.ndarray]:
-    pts = np.argwhere(skel)
-    index = {tuple(p): i for i, p in enumerate(pts)}
-    nbrs = [[index[(p[0] + a, p[1] + b)] for a, b in _NB8 if (p[0] + a, p[1] + b) in index] for p in pts]
-    node = np.array([len(n) != 2 for n in nbrs])
-    seen: set[tuple[int, int]] = set()
-    out = []
-    for s in np.nonzero(node)[0]:
-        for nb in nbrs[s]:
-            if (s, nb) in seen:
-                continue
-            path = [s, nb]
-            seen.update({(s, nb), (nb, s)})
-            prev, cur = s, nb
-            while not node[cur]:
-                nxt = [q for q in nbrs[cur] if q != prev]
-                if not nxt:
-                    break
-                prev, cur = cur, nxt[0]
-                seen.update({(prev, cur), (cur, prev)})
-                path.append(cur)
-            out.append(pts[path])
-    return out
 
 
 def segment_run(run: Run2D, progress: Callable[[str, float], None] | None = None,
@@ -128,10 +101,8 @@ def segment_run(run: Run2D, progress: Callable[[str, float], None] | None = None
     skel = skeletonize(vmask)
     edt = ndi.distance_transform_edt(vmask)
     branches = []
-    for br in _trace2d(skel):
+    for br in _trace_branches(skel):
         r = edt[tuple(br.T)]
-        degs = [sum((br[e][0] + a, br[e][1] + b) in {tuple(p) for p in br} for a, b in _NB8) for e in (0, -1)]
-        _ = degs
         if len(br) < max(6.0, 2.0 * float(np.median(r))):
             continue
         P = br.astype(np.float64)

@@ -58,35 +58,38 @@ class Segmentation3D:
 _NB26 = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1) if (i, j, k) != (0, 0, 0)])
 
 
-def _trace_branches(skel: np.ndarray) -> list[np.ndarray]:
-    """Split a skeleton into branches (arrays of voxel indices z, y, x) between junctions and ends."""
+def _trace_branches(skel: np.ndarray, offsets: np.ndarray | None = None) -> list[np.ndarray]:
+    """Split a 2-D or 3-D skeleton into branches (arrays of indices) between junctions and ends.
+
+    ``offsets``: the neighbourhood (default: the 26 neighbours in 3-D, the 8 in 2-D).
+    """
+    if offsets is None:
+        offsets = _NB26 if skel.ndim == 3 else np.array(
+            [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1) if (i, j) != (0, 0)])
     pts = np.argwhere(skel)
     index = {tuple(p): i for i, p in enumerate(pts)}
     nbrs: list[list[int]] = [[] for _ in range(len(pts))]
     for i, p in enumerate(pts):
-        for d in _NB26:
-            j = index.get((p[0] + d[0], p[1] + d[1], p[2] + d[2]))
+        for d in offsets:
+            j = index.get(tuple(p + d))
             if j is not None:
                 nbrs[i].append(j)
-    deg = np.array([len(n) for n in nbrs])
-    node = deg != 2
-    visited_edges: set[tuple[int, int]] = set()
+    node = np.array([len(n) != 2 for n in nbrs], dtype=bool)
+    seen: set[tuple[int, int]] = set()
     branches = []
     for s in np.nonzero(node)[0]:
         for nb in nbrs[s]:
-            if (s, nb) in visited_edges:
+            if (s, nb) in seen:
                 continue
             path = [s, nb]
-            visited_edges.add((s, nb))
-            visited_edges.add((nb, s))
+            seen.update({(s, nb), (nb, s)})
             prev, cur = s, nb
             while not node[cur]:
                 nxt = [q for q in nbrs[cur] if q != prev]
                 if not nxt:
                     break
                 prev, cur = cur, nxt[0]
-                visited_edges.add((prev, cur))
-                visited_edges.add((cur, prev))
+                seen.update({(prev, cur), (cur, prev)})
                 path.append(cur)
             branches.append(pts[path])
     # isolated loops without nodes are ignored
