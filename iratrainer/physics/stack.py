@@ -293,7 +293,11 @@ class Rod:
         phi = self.spec.rest_curvature(sig) * self.h
         mag = 2.0 * np.tan(0.5 * phi)
         # frames at node c: the incoming edge is edge c (node c+1 -> c), stored at index c
-        kb = mag[:, None] * np.cross(tn, n)
+        kb = np.empty_like(tn)  # t × n, written out (np.cross is slow on small arrays)
+        kb[:, 0] = tn[:, 1] * n[:, 2] - tn[:, 2] * n[:, 1]
+        kb[:, 1] = tn[:, 2] * n[:, 0] - tn[:, 0] * n[:, 2]
+        kb[:, 2] = tn[:, 0] * n[:, 1] - tn[:, 1] * n[:, 0]
+        kb *= mag[:, None]
         kb[0] = 0.0
         kb[N - 1] = 0.0
         alpha = self.h / self.spec.ei_at(sig)
@@ -314,7 +318,7 @@ class DeviceStack:
 
     def __init__(self, tree: VesselTree, specs: list[DeviceSpec], access_label: str = "R_CFA",
                  inserted_mm: list[float] | None = None, dt: float = 1e-3,
-                 thresholds: SafetyThresholds | None = None, iterations: int = 3, solver: str = "primal") -> None:
+                 thresholds: SafetyThresholds | None = None, iterations: int = 2, solver: str = "primal") -> None:
         if not specs:
             raise StackError("a stack needs at least one device")
         for outer, inner in zip(specs, specs[1:], strict=False):
@@ -351,6 +355,7 @@ class DeviceStack:
         ins = inserted_mm or [100.0 - 10.0 * i for i in range(len(specs))]
         self.rods = [Rod(s, self.access, inward, L, path) for s, L in zip(specs, ins, strict=True)]
         self.wall_force = [np.zeros(len(r.x)) for r in self.rods]
+        self._node_radius = [np.ones(len(r.x)) for r in self.rods]
         self._active_events: set[tuple[str, str, int]] = set()
 
     # ------------------------------------------------------------------ inputs
@@ -452,8 +457,7 @@ class DeviceStack:
                             rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
             if final:
                 self.wall_force[k] = force
-                self._branch_at = q.branch
-                self._radius_at = R
+                self._node_radius[k] = R
 
     def _coaxial(self) -> None:
         if len(self.rods) < 2:
@@ -522,11 +526,16 @@ class DeviceStack:
             f = self.wall_force[k]
             if len(f) == 0:
                 continue
-            i = int(np.argmax(f[:-2])) if len(f) > 2 else 0
+            # thresholds scale with the local lumen radius (a small vessel tolerates less): the
+            # node closest to its own threshold decides
+            radius = self._node_radius[k]
+            if len(radius) != len(f):
+                continue
+            scales = np.maximum(radius / 1.5, 0.2)
+            ratio = f / scales
+            i = int(np.argmax(ratio[:-2])) if len(f) > 2 else 0
             fmax = float(f[i])
-            # local radius scale (a small vessel tolerates less)
-            r_loc = float(self.tree.query(rod.x[i:i + 1]).radius_mm[0])
-            scale = max(r_loc / 1.5, 0.2)
+            scale = float(scales[i])
             kinds = []
             if fmax > th.perforation_n * scale:
                 kinds.append("perforation")
