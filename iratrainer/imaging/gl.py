@@ -369,18 +369,18 @@ class GlRenderer(CpuRenderer):
         # bin capsules into tiles
         t0c, t1c = bbox[:, 0] // TILE, (np.maximum(bbox[:, 1], 1) - 1) // TILE
         t0r, t1r = bbox[:, 2] // TILE, (np.maximum(bbox[:, 3], 1) - 1) // TILE
-        nonempty = (bbox[:, 1] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 2])
-        pairs_t, pairs_s = [], []
-        for s in np.nonzero(nonempty)[0]:
-            cols = np.arange(t0c[s], t1c[s] + 1)
-            rows = np.arange(t0r[s], t1r[s] + 1)
-            tiles = (rows[:, None] * tx + cols[None, :]).ravel()
-            pairs_t.append(tiles)
-            pairs_s.append(np.full(len(tiles), s))
-        if not pairs_t:
+        nonempty = np.nonzero((bbox[:, 1] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 2]))[0]
+        if len(nonempty) == 0:
             return np.zeros((n, n))
-        pt = np.concatenate(pairs_t)
-        ps = np.concatenate(pairs_s)
+        # every (tile, capsule) pair, vectorised: capsule s covers an nc x nr block of tiles
+        nc = (t1c - t0c + 1)[nonempty]
+        nr = (t1r - t0r + 1)[nonempty]
+        cnt = nc * nr
+        ps = np.repeat(nonempty, cnt)
+        first = np.repeat(np.cumsum(cnt) - cnt, cnt)
+        local = np.arange(len(ps)) - first
+        ncr = np.repeat(nc, cnt)
+        pt = (np.repeat(t0r[nonempty], cnt) + local // ncr) * tx + np.repeat(t0c[nonempty], cnt) + local % ncr
         order = np.lexsort((ps, pt))
         pt, ps = pt[order], ps[order]
         counts = np.bincount(pt, minlength=tx * tx)
