@@ -198,6 +198,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     if isinstance(data, Run2D):
         from iratrainer.segmentation.vessel2d import segment_run
 
+        if data.frames.shape[0] == 1:
+            print("iratrainer: warning: a single frame, not a run: no mask frame, so no subtraction "
+                  "(the flattened log image stands in)", file=sys.stderr)
         seg2 = segment_run(data, progress=progress)
         tree = seg2.tree
         unit = "mm" if seg2.calibrated else "px"

@@ -206,7 +206,26 @@ def test_real_angiogram_gives_a_tree(tmp_path, capsys):
     out = tmp_path / "real.vessels.json"
     assert main(["segment", str(real), "--out", str(out), "--preview", str(tmp_path / "p.png"), "--quiet"]) == 0
     msg = capsys.readouterr()
-    assert "in pixels" in msg.err
+    assert "in pixels" in msg.err and "a single frame, not a run" in msg.err
     doc = json.loads(out.read_text())
     assert doc["metadata"]["units"] == "pixels"
     assert len(doc["branches"]) >= 30
+
+
+def test_unsupported_compression_is_named(tmp_path, small_phantom):
+    """Pixel data in a transfer syntax no plugin decodes: the error names the file and the syntax."""
+    from pydicom.uid import UID
+
+    f = write_ct_series(small_phantom, tmp_path / "s", seed=2)[0]
+    ds = pydicom.dcmread(f)
+    ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2 video: no decoder
+    from pydicom.encaps import encapsulate
+
+    ds.PixelData = encapsulate([b"\x00" * 64])
+    ds["PixelData"].VR = "OB"
+    bad = tmp_path / "mpeg.dcm"
+    ds.save_as(bad, enforce_file_format=True)
+    from iratrainer.segmentation.dicom_io import _pixels
+
+    with pytest.raises(DicomInputError, match="mpeg.dcm: cannot decode the pixel data"):
+        _pixels(bad, pydicom.dcmread(bad))
