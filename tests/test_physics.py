@@ -245,3 +245,23 @@ def test_vessel_selection_emerges_from_tip_shape_and_torque(turn_deg, expected):
         st.step({spec.name: HubCommand(20.0, 0.0)})
     assert st.tip_branch() == expected
     assert math.degrees(st.rods[0].theta[0]) == pytest.approx(turn_deg, abs=15)
+
+
+def test_pushing_against_a_dead_end_signals_buckling():
+    spec = default_catalogue()["guidewire_035_angled"]
+    st = DeviceStack(_tube(length=120.0, r=4.0), [replace(spec, curves=())], access_label="TUBE",
+                     inserted_mm=[110.0])
+    for _ in range(1500):
+        st.step({spec.name: HubCommand(40.0, 0.0)})
+    assert "buckling" in {e.kind for e in st.events}
+
+
+def test_a_wire_pushed_in_a_wide_vessel_with_a_blocked_tip_loops():
+    spec = replace(default_catalogue()["microwire_014"], curves=())
+    st = DeviceStack(_tube(length=60.0, r=12.0), [spec], access_label="TUBE", inserted_mm=[58.0])
+    for _ in range(4000):
+        st.step({spec.name: HubCommand(40.0, 0.0)})
+        if any(e.kind == "loop" for e in st.events):
+            break
+    kinds = {e.kind for e in st.events}
+    assert "loop" in kinds or "buckling" in kinds

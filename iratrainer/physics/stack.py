@@ -38,6 +38,7 @@ from iratrainer.physics.solver import solve as solve_links
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
 
 MAX_ADVANCE_MM_S = 60.0
+HUB_FORCE_MAX_N = 3.0  # the most a hand pushes a device through the valve before it slips
 MAX_ROTATE_DEG_S = 720.0
 KG = 1e-3  # 1 kg in N·s²/mm
 
@@ -336,6 +337,9 @@ class DeviceStack:
         self.solver = solver
         #: wall compliance, mm/N (1 / 200 N/mm: a stiff arterial wall against a device)
         self.wall_compliance_mm_n = 1.0 / 200.0
+        #: largest node displacement per Gauss-Newton iteration, mm (a trust region: the wall
+        #: planes are linearised, so a node must not travel far along one in a single step)
+        self.max_step_mm = 1.0
         self.thresholds = thresholds or SafetyThresholds()
         self.time_s = 0.0
         self.log: list[str] = []
@@ -357,6 +361,11 @@ class DeviceStack:
         self.wall_force = [np.zeros(len(r.x)) for r in self.rods]
         self._node_radius = [np.ones(len(r.x)) for r in self.rods]
         self._active_events: set[tuple[str, str, int]] = set()
+        # (time, inserted length, tip arc along the way in) per device, for buckling detection
+        self._push_history: list[list[tuple[float, float, np.ndarray]]] = [[] for _ in self.rods]
+        self._shape_flags: dict[tuple[str, str], bool] = {}
+        self._pushed_blocked: dict[str, int] = {}
+        self._commanded: dict[str, float] = {}
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -378,6 +387,7 @@ class DeviceStack:
         for rod in self.rods:
             cmd = commands.get(rod.name, HubCommand())
             a, r = self._clamp(rod.name, cmd)
+            self._commanded[rod.name] = self._commanded.get(rod.name, 0.0) + a * dt
             new_len = rod.inserted_mm + a * dt
             top = rod.spec.length_mm - 50.0
             if new_len > top:
@@ -398,9 +408,11 @@ class DeviceStack:
         for k, rod in enumerate(self.rods):
             rod.v = (rod.x - x0[k]) / dt
             self._torsion(k)
+        self._limit_hub_force()
         self.time_s += dt
         self._check()
         self._safety()
+        self._shape_events()
 
     def _contacts_and_solve(self, x0: list[np.ndarray], final: bool) -> None:
         allx = np.vstack([r.x for r in self.rods])
@@ -429,7 +441,7 @@ class DeviceStack:
                 force = np.zeros(N)
                 x_pred = rod.x.copy()
                 solve_chain_primal(rod.x, x_pred, w, rest, kb, alpha, rod.stretch_compliance, near, n, plane_d,
-                                   self.wall_compliance_mm_n, self.iterations, self.dt, 1.0, force)
+                                   self.wall_compliance_mm_n, self.iterations, self.dt, self.max_step_mm, force)
                 lc = -force * self.dt * self.dt
             else:
                 lam = np.zeros(ROWS_PER_NODE * N)
@@ -519,6 +531,64 @@ class DeviceStack:
         sd = self.tree.signed_distance(allx)
         if np.any(sd > 5.0):
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {sd.max():.1f} mm outside every vessel")
+
+    def _limit_hub_force(self) -> None:
+        """A hand cannot push harder than HUB_FORCE_MAX_N: beyond it the device slips in the fingers.
+
+        The axial force at the sheath is the compression of the access edge times EA/h; the
+        inserted length is taken back to the length that this force allows.
+        """
+        for rod in self.rods:
+            K = rod.n_material
+            rest = rod.inserted_mm - rod.sigma[-1]
+            actual = float(np.linalg.norm(rod.x[K - 1] - rod.x[K]))
+            force = (rest - actual) / rod.stretch_compliance
+            if force > HUB_FORCE_MAX_N:
+                rod.inserted_mm -= (rest - actual) - HUB_FORCE_MAX_N * rod.stretch_compliance
+                self._pushed_blocked[rod.name] = self._pushed_blocked.get(rod.name, 0) + 1
+                if self._pushed_blocked[rod.name] == 1:
+                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: pushing against {force:.1f} N, "
+                                    "the device does not advance")
+            else:
+                self._pushed_blocked[rod.name] = 0
+
+    def _shape_events(self) -> None:
+        """Buckling (the hub goes in, the tip does not) and looping (the device turns back on itself)."""
+        for k, rod in enumerate(self.rods):
+            hist = self._push_history[k]
+            hist.append((self.time_s, self._commanded.get(rod.name, 0.0), rod.x[0].copy()))
+            while hist and self.time_s - hist[0][0] > 0.5:
+                hist.pop(0)
+            buckled = False
+            if len(hist) > 10:
+                pushed = hist[-1][1] - hist[0][1]
+                tip_moved = float(np.linalg.norm(hist[-1][2] - hist[0][2]))
+                buckled = pushed > 5.0 and tip_moved < 0.2 * pushed
+            # looping: the total turning of the inserted device exceeds 360 degrees between two
+            # points less than 3 device diameters apart
+            t = rod.x[:-1] - rod.x[1:]
+            t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+            turn = np.arccos(np.clip(np.einsum("ij,ij->i", t[:-1], t[1:]), -1.0, 1.0))
+            looped = bool(np.sum(turn) > 2 * np.pi + 0.5 and self._self_contact(rod))
+            for kind, on in (("buckling", buckled), ("loop", looped)):
+                key = (kind, rod.name)
+                if on and not self._shape_flags.get(key, False):
+                    q = self.tree.query(rod.x[:1])
+                    self.events.append(SafetyEvent(kind, rod.name, self.time_s, float(np.max(self.wall_force[k])),
+                                                   self.tree.labels[int(q.branch[0])],
+                                                   tuple(float(v) for v in rod.x[0])))
+                self._shape_flags[key] = on
+
+    @staticmethod
+    def _self_contact(rod: Rod) -> bool:
+        """True when two nodes far apart along the device come within 3 diameters of each other."""
+        x = rod.x[:-2]
+        if len(x) < 20:
+            return False
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(x).query_pairs(3.0 * rod.spec.outer_diameter_mm)
+        return any(abs(i - j) * rod.h > 8.0 * np.pi * rod.spec.outer_diameter_mm + 20.0 for i, j in pairs)
 
     def _safety(self) -> None:
         th = self.thresholds
