@@ -88,8 +88,8 @@ def capsule_chord(ox, oy, oz, dx, dy, dz, ax, ay, az, bx, by, bz, r):  # pragma:
 
 
 @nb.njit(cache=True)
-def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox, counts_out, mode):  # pragma: no cover
-    """mode 0: count pairs per pixel; mode 1: compute the merged integrals (see wrapper)."""
+def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cover - numba
+    """Per pixel: the (entry, exit, μ) of every capsule in its box, merged (see the wrapper)."""
     npix = n * n
     # pass 1: count candidate pairs per pixel
     counts = np.zeros(npix + 1, np.int64)
@@ -161,7 +161,6 @@ def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox, counts_out, mode): 
             if inside:
                 acc += best * (hi - lo)
         out[p] = acc
-    counts_out[0] = total
     return out
 
 
@@ -220,8 +219,7 @@ def capsule_union_integrals(
     det0 = plane.detector_centre_mm - (n / 2.0) * plane.pixel_mm * (plane.u + plane.v)
     du = plane.u * plane.pixel_mm
     dv = plane.v * plane.pixel_mm
-    info = np.zeros(1, np.int64)
-    out = _capsule_kernel(plane.source_mm, det0, du, dv, n, a, b, r, mu, bbox, info, 1)
+    out = _capsule_kernel(plane.source_mm, det0, du, dv, n, a, b, r, mu, bbox)
     return out.reshape(n, n)
 
 

@@ -86,7 +86,7 @@ class SafetyThresholds:
 
 
 @nb.njit(cache=True)
-def _torsion(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
+def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
     """Quasi-static torsion with Coulomb stick-slip (Gauss-Seidel, last node prescribed).
 
     Node k's angle minimises Σ gj/2 (Δθ)² - τ_bend θ; it stays at ``theta0`` (stick) while
@@ -162,16 +162,6 @@ def _curvatures(x):  # pragma: no cover - numba
         out[c, 1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
         out[c, 2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
     return out
-
-
-def _rotate_towards(u: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Parallel transport of ``u`` by the rotation taking unit ``a`` to unit ``b``."""
-    c = float(a @ b)
-    v = np.cross(a, b)
-    s2 = float(v @ v)
-    if s2 < 1e-20:
-        return u
-    return u * c + np.cross(v, u) + v * float(v @ u) / (1.0 + c)
 
 
 class Rod:
@@ -520,7 +510,7 @@ class DeviceStack:
         tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
-        _torsion(rod.theta, theta0, gj, tau, tau_max, 30)
+        _torsion_kernel(rod.theta, theta0, gj, tau, tau_max, 30)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
