@@ -265,3 +265,15 @@ def test_a_wire_pushed_in_a_wide_vessel_with_a_blocked_tip_loops():
             break
     kinds = {e.kind for e in st.events}
     assert "loop" in kinds or "buckling" in kinds
+
+
+def test_a_full_fold_has_a_finite_curvature():
+    """Antiparallel edges (a device folded back on itself) must not divide by zero."""
+    from iratrainer.physics.solver import _bend_jacobians, curvature_binormal
+
+    e1 = np.array([1.0, 0.0, 0.0])
+    e2 = np.array([-1.0, 0.0, 0.0])
+    kb = curvature_binormal(e1, e2)
+    J1, J2 = np.empty((3, 3)), np.empty((3, 3))
+    _bend_jacobians(e1, e2, kb, J1, J2)
+    assert np.all(np.isfinite(kb)) and np.all(np.isfinite(J1)) and np.all(np.isfinite(J2))

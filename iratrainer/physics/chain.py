@@ -30,7 +30,7 @@ ROWS_PER_NODE = 5
 HALF_BAND = 14
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
     """Solve A y = b, A symmetric positive definite stored as A[i, j - i + bw] for |i - j| <= bw."""
     L = np.zeros((n, 2 * bw + 1))
@@ -62,7 +62,7 @@ def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
     return y
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def solve_chain(x, w, rest, b_rest, b_alpha, c_on, c_n, c_d, n_iter, dt, lam, s_alpha=0.0, c_alpha=0.0,
                 max_step=1.0):  # pragma: no cover - numba
     """Solve one chain in place.

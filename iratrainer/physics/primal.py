@@ -29,7 +29,7 @@ __all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND"]
 PRIMAL_HALF_BAND = 8
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _add_block(H, i, j, B, bw, scale):  # pragma: no cover - numba
     """H[3i:3i+3, 3j:3j+3] += scale * B (banded storage H[r, c - r + bw]), only c >= r kept."""
     for a in range(3):
@@ -40,7 +40,7 @@ def _add_block(H, i, j, B, bw, scale):  # pragma: no cover - numba
                 H[r, c - r + bw] += scale * B[a, b]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).

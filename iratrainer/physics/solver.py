@@ -29,18 +29,19 @@ import numpy as np
 __all__ = ["solve", "curvature_binormal", "bending_energy"]
 
 
-@nb.njit(cache=True, inline="always")
+@nb.njit(cache=True, inline="always", error_model="numpy")
 def _cross(a0, a1, a2, b0, b1, b2):  # pragma: no cover - numba
     return a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def curvature_binormal(e1, e2):  # pragma: no cover - numba
     """κb of two consecutive edges (incoming e1, outgoing e2); |κb| = 2 tan(turning angle / 2)."""
     c0, c1, c2 = _cross(e1[0], e1[1], e1[2], e2[0], e2[1], e2[2])
     n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
     n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
     D = n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]
+    D = max(D, 1e-9 * n1 * n2 + 1e-300)  # a full fold (antiparallel edges) has no finite κb
     out = np.empty(3)
     out[0] = 2.0 * c0 / D
     out[1] = 2.0 * c1 / D
@@ -48,12 +49,15 @@ def curvature_binormal(e1, e2):  # pragma: no cover - numba
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _bend_jacobians(e1, e2, kb, J1, J2):  # pragma: no cover - numba
     """∂κb/∂e1 -> J1, ∂κb/∂e2 -> J2 (3x3)."""
     n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
     n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
     D = n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]
+    D = max(D, 1e-9 * n1 * n2 + 1e-300)
+    n1 = max(n1, 1e-12)
+    n2 = max(n2, 1e-12)
     g1 = np.empty(3)
     g2 = np.empty(3)
     for a in range(3):
@@ -68,7 +72,7 @@ def _bend_jacobians(e1, e2, kb, J1, J2):  # pragma: no cover - numba
             J2[a, b] = (2.0 * S1[a, b] - kb[a] * g2[b]) / D
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _solve3(A, r):  # pragma: no cover - numba
     """Solve the 3x3 system A y = r (Cramer)."""
     det = (A[0, 0] * (A[1, 1] * A[2, 2] - A[1, 2] * A[2, 1])
@@ -87,7 +91,7 @@ def _solve3(A, r):  # pragma: no cover - numba
     return y
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def solve(x, x0, w, s_i, s_j, s_rest, b_p, b_c, b_d, b_rest, b_alpha, c_node, c_n, c_d, c_mu,
           x_in, x_o1, x_o2, x_beta, x_gap, n_iter, dt, lam_b, lam_c):  # pragma: no cover - numba
     """Run ``n_iter`` XPBD iterations in place on ``x``; friction against ``x0`` (start of step).
@@ -224,7 +228,7 @@ def solve(x, x0, w, s_i, s_j, s_rest, b_p, b_c, b_d, b_rest, b_alpha, c_node, c_
         x[i, 2] -= f * tz
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def bending_energy(x, b_p, b_c, b_d, b_rest, b_alpha):  # pragma: no cover - numba
     """Σ |κb - κb_rest|² / (2 α): the elastic bending energy (N·mm)."""
     e1 = np.empty(3)

@@ -85,7 +85,7 @@ class SafetyThresholds:
     dissection_n: float = 0.12
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
     """Quasi-static torsion with Coulomb stick-slip (Gauss-Seidel, last node prescribed).
 
@@ -111,7 +111,7 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragm
                 theta[k] = star - math.copysign(tau_max[k], tau) / s
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _frames_kernel(x, t0, u0, theta):  # pragma: no cover - numba
     """Tangent of the incoming edge and material normal at every node (Bishop frame + twist)."""
     N = x.shape[0]
@@ -148,7 +148,7 @@ def _frames_kernel(x, t0, u0, theta):  # pragma: no cover - numba
     return tn, nrm
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, error_model="numpy")
 def _curvatures(x):  # pragma: no cover - numba
     N = x.shape[0]
     out = np.zeros((N, 3))
@@ -157,7 +157,7 @@ def _curvatures(x):  # pragma: no cover - numba
         e2 = x[c - 1] - x[c]
         n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
         n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
-        D = n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]
+        D = max(n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2], 1e-9 * n1 * n2 + 1e-300)
         out[c, 0] = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
         out[c, 1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
         out[c, 2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D

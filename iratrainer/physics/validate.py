@@ -171,6 +171,8 @@ def check_fuzz(seconds: float = 20.0, seed: int = 0) -> Iterator[dict[str, Any]]
                 worst = max(worst, float(sd.max()))
     except PhysicsError as exc:
         error = str(exc)
+    except Exception as exc:  # any other failure is a failed check, reported, not a crash
+        error = f"{type(exc).__name__}: {exc}"
     ok = not error and worst <= 0.5
     yield {"check": "fuzz", "value": worst, "reference": 0.0, "error": max(worst, 0.0), "tolerance": 0.5,
            "passed": bool(ok), "unit": "mm (worst node outside the lumen)",
