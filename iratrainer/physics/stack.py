@@ -276,8 +276,9 @@ class Rod:
         cu /= np.linalg.norm(cu)
         return _frames_kernel(self.x, self.access_dir, cu, self.theta)
 
-    def rest_binormals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rest κb (N,3), compliance h/EI (N,), and the rest turning factor 2 tan(φ/2) (N,)."""
+    def rest_binormals(self, with_normals: bool = False) -> tuple[np.ndarray, ...]:
+        """Rest κb (N,3), compliance h/EI (N,), the rest turning factor 2 tan(φ/2) (N,), and with
+        ``with_normals`` the material normals (N,3) used for them (frames are transported once)."""
         N = len(self.x)
         sig = np.concatenate([self.sigma, [self.inserted_mm, self.inserted_mm + self.h]])
         tn, n = self.frames()
@@ -292,7 +293,7 @@ class Rod:
         kb[0] = 0.0
         kb[N - 1] = 0.0
         alpha = self.h / self.spec.ei_at(sig)
-        return kb, alpha, mag
+        return (kb, alpha, mag, n) if with_normals else (kb, alpha, mag)
 
 
 class DeviceStack:
@@ -501,9 +502,8 @@ class DeviceStack:
         rod = self.rods[k]
         sig = np.concatenate([rod.sigma, [rod.inserted_mm, rod.inserted_mm + rod.h]])
         gj = rod.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / rod.h
-        kb, alpha, mag = rod.rest_binormals()
+        kb, alpha, mag, n = rod.rest_binormals(with_normals=True)
         # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
-        _, n = rod.frames()
         cur = _curvatures(rod.x)
         tau = -np.einsum("ij,ij->i", cur - kb, mag[:, None] * n) / alpha
         tau[0] = 0.0
