@@ -25,7 +25,7 @@ import numpy as np
 
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.raycast import _bboxes
-from iratrainer.imaging.render import CpuRenderer, LineIntegrals, device_segments
+from iratrainer.imaging.render import CpuRenderer, LineIntegrals, blob_integrals, device_segments
 from iratrainer.imaging.scene import Scene
 from iratrainer.imaging.xray import linear_attenuation_per_mm
 
@@ -401,15 +401,16 @@ class GlRenderer(CpuRenderer):
                           {"tiles_x": tx, "union_mode": int(union)})
 
     def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
-        """Iodine through the union of the vessel capsules, in GLSL."""
+        """Iodine through the union of the vessel capsules, in GLSL (blobs: the shared CPU path)."""
         t = scene.tree
         c = scene.iodine_mg_ml
         keep = c > 0
+        out = blob_integrals(scene, plane, e_kev)
         if not np.any(keep):
-            return np.zeros((plane.matrix, plane.matrix))
+            return out
         mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c[keep]
         r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
-        return self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, np.ones(len(r)), True)
+        return out + self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, np.ones(len(r)), True)
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Devices as summed flat-ended cylinders with k x k rays for thin tubes, in GLSL."""

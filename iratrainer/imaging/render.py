@@ -99,6 +99,19 @@ def device_segments(dev: DeviceShape, e_kev: float) -> list[tuple[np.ndarray, np
     return out
 
 
+def blob_integrals(scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
+    """Iodine line integral of the scene's blobs (blush, extravasation); zeros when none.
+
+    Shared by both renderers: a handful of analytic spheres, cheap on the CPU.
+    """
+    keep = scene.blob_iodine_mg_ml > 0
+    if not np.any(keep):
+        return np.zeros((plane.matrix, plane.matrix))
+    c, rot, axes, iod = (x[keep] for x in scene.blob_arrays())
+    mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * iod
+    return ellipsoid_integrals(plane, c, rot, axes, mu)
+
+
 class CpuRenderer:
     """Line integrals on the CPU; caches the background per geometry and energy.
 
@@ -131,11 +144,12 @@ class CpuRenderer:
         """Iodine line integral through the union of vessel tubes."""
         t = scene.tree
         c = scene.iodine_mg_ml
+        out = blob_integrals(scene, plane, e_kev)
         if not np.any(c > 0):
-            return np.zeros((plane.matrix, plane.matrix))
+            return out
         mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c  # per mg/mL
         r = 0.5 * (t.seg_ra + t.seg_rb)
-        return capsule_union_integrals(plane, t.seg_a, t.seg_b, r, mu, self.vessel_supersample)
+        return out + capsule_union_integrals(plane, t.seg_a, t.seg_b, r, mu, self.vessel_supersample)
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Sum over devices of their attenuation."""

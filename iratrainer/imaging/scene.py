@@ -64,6 +64,9 @@ class Scene:
         devices: the devices in the patient.
         phantom: the patient background.
         time_s: simulation time of the snapshot, s.
+        blob_centres_mm, blob_radii_mm, blob_iodine_mg_ml: iodine outside the vessel tubes,
+            as spheres: the capillary blush of perfused tissue and contrast extravasated
+            from a perforation ((K, 3) mm, (K,) mm, (K,) mg/mL of tissue).
     """
 
     tree: VesselTree
@@ -71,16 +74,34 @@ class Scene:
     devices: tuple[DeviceShape, ...] = ()
     phantom: Phantom = field(default_factory=default_phantom)
     time_s: float = 0.0
+    blob_centres_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    blob_radii_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    blob_iodine_mg_ml: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __post_init__(self) -> None:
         c = np.broadcast_to(np.asarray(self.iodine_mg_ml, dtype=np.float64),
                             (self.tree.n_segments,))
         object.__setattr__(self, "iodine_mg_ml", _ro(c))
+        object.__setattr__(self, "blob_centres_mm", _ro(np.asarray(self.blob_centres_mm).reshape(-1, 3)))
+        object.__setattr__(self, "blob_radii_mm", _ro(self.blob_radii_mm))
+        object.__setattr__(self, "blob_iodine_mg_ml", _ro(self.blob_iodine_mg_ml))
+        if not (len(self.blob_centres_mm) == len(self.blob_radii_mm) == len(self.blob_iodine_mg_ml)):
+            raise ValueError("blob arrays must have the same length")
 
-    def with_contrast(self, iodine_mg_ml: np.ndarray | float) -> Scene:
-        """The same scene with another contrast state."""
+    def with_contrast(self, iodine_mg_ml: np.ndarray | float,
+                      blobs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> Scene:
+        """The same scene with another contrast state (vessel iodine and, optionally, blobs)."""
+        b = blobs if blobs is not None else (self.blob_centres_mm, self.blob_radii_mm, self.blob_iodine_mg_ml)
         return Scene(self.tree, np.broadcast_to(iodine_mg_ml, (self.tree.n_segments,)),
-                     self.devices, self.phantom, self.time_s)
+                     self.devices, self.phantom, self.time_s, *b)
+
+    def blob_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Blobs as ellipsoids for :func:`~iratrainer.imaging.raycast.ellipsoid_integrals`:
+        centres, rotations (identity), semi-axes (K, 3) and iodine (mg/mL)."""
+        k = len(self.blob_radii_mm)
+        rot = np.broadcast_to(np.eye(3), (k, 3, 3)).copy()
+        axes = np.repeat(self.blob_radii_mm[:, None], 3, axis=1)
+        return self.blob_centres_mm, rot, axes, self.blob_iodine_mg_ml
 
 
 def contrast_downstream(tree: VesselTree, label: str, mg_ml: float = 150.0) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Blood flow, contrast transport, the clot and the thrombectomy (issue: flow)."""
