@@ -158,12 +158,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     import json
 
-    if args.what != "physics":
-        raise IratrainerError(f"validate: unknown subject {args.what!r} (choose: physics)")
-    from iratrainer.physics.validate import run_checks
+    if args.what == "flow":
+        from iratrainer.flow.validate import run_checks as flow_checks
 
+        rows = flow_checks()
+    elif args.what == "physics":
+        from iratrainer.physics.validate import run_checks
+
+        rows = run_checks(fuzz_seconds=args.fuzz_seconds)
+    else:
+        raise IratrainerError(f"validate: unknown subject {args.what!r} (choose: physics, flow)")
     ok = True
-    for row in run_checks(fuzz_seconds=args.fuzz_seconds):
+    for row in rows:
         ok &= bool(row["passed"])
         print(json.dumps(row), flush=True)
     return 0 if ok else 1
@@ -371,8 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     sg.set_defaults(func=_cmd_segment)
 
     va = sub.add_parser("validate", help="check the models against physics (one JSON line per check)",
-                        description="Physics checks with their error and tolerance; exit 1 if any fails.")
-    va.add_argument("what", choices=["physics"], help="what to validate")
+                        description="Physics (devices) or flow (blood, contrast, thrombectomy) checks with their "
+                                    "error and tolerance; exit 1 if any fails.")
+    va.add_argument("what", choices=["physics", "flow"], help="what to validate")
     va.add_argument("--fuzz-seconds", type=float, default=20.0,
                     help="simulated seconds of random hub inputs (600 = the full 10-minute fuzz)")
     va.set_defaults(func=_cmd_validate)

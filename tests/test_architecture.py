@@ -8,7 +8,8 @@ import sys
 CORE = ["iratrainer.anatomy", "iratrainer.anatomy.atlas", "iratrainer.anatomy.io",
         "iratrainer.anatomy.lumen", "iratrainer.anatomy.tree", "iratrainer.physics.catalogue",
         "iratrainer.physics.chain", "iratrainer.physics.solver", "iratrainer.physics.stack",
-        "iratrainer.physics.validate"]
+        "iratrainer.physics.validate", "iratrainer.flow.network", "iratrainer.flow.contrast",
+        "iratrainer.flow.thrombectomy", "iratrainer.flow.circulation", "iratrainer.flow.validate"]
 
 BLOCK = """
 import sys, importlib.abc

@@ -43,6 +43,7 @@ BED_MTT_S = 3.0  # capillary mean transit time
 STAGNANT_DISPERSION_MM2_S = 40.0
 LINK_TRANSIT_S = 2.5  # collateral transit at the link's nominal flow
 LINK_CELLS = 3
+SOURCE_REFRESH_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Injection:
 
 
 @nb.njit(cache=True)
-def _advance(c, a, b, q, vol, lam_d, n_nodes, src_cell, src_rate, src_conc, dt, n_sub,
+def _advance(c, a, b, q, vol, lam_d, n_nodes, src_rate, src_conc, dt, n_sub,
              blocked, displaced):  # pragma: no cover - numba
     n_cells = len(c)
     inflow = np.zeros(n_nodes)
@@ -119,10 +120,9 @@ def _advance(c, a, b, q, vol, lam_d, n_nodes, src_cell, src_rate, src_conc, dt, 
             d = (abs(qi) - displaced[i]) / vol[i] * (up - ci)
             if lam_d[i] > 0.0:
                 d += lam_d[i] * (cn[a[i]] + cn[b[i]] - 2.0 * ci)
+            if src_rate[i] > 0.0:
+                d += src_rate[i] / vol[i] * (src_conc[i] - ci)
             c[i] = ci + dt * d
-        for k in range(len(src_cell)):
-            i = src_cell[k]
-            c[i] += dt * src_rate[k] / vol[i] * (src_conc[k] - c[i])
 
 
 class ContrastField:
@@ -245,8 +245,12 @@ class ContrastField:
         """Move the contrast on by ``dt_s`` seconds (sub-stepped for stability)."""
         end = self.time_s + dt_s
         # split at injection start/stop so that sources are constant within a call
-        marks = sorted({end} | {t for inj, t0 in self.injections for t in (t0, t0 + inj.duration_s)
-                                if self.time_s < t < end})
+        marks_set = {end} | {t for inj, t0 in self.injections for t in (t0, t0 + inj.duration_s)
+                             if self.time_s < t < end}
+        for inj, t0 in self.injections:  # while injecting, refresh the sources (reflux front) every 50 ms
+            a, b = max(t0, self.time_s), min(t0 + inj.duration_s, end)
+            marks_set |= {float(x) for x in np.arange(a + SOURCE_REFRESH_S, b, SOURCE_REFRESH_S)}
+        marks = sorted(marks_set)
         for t_next in marks:
             span = t_next - self.time_s
             if span <= 0:
@@ -263,10 +267,15 @@ class ContrastField:
             rmax = float(np.max(rate[~self._blocked])) if np.any(~self._blocked) else 1.0
             n_sub = max(1, int(math.ceil(span * rmax / 0.9)))
             displaced = np.zeros(len(self._q))
+            src_rate = np.zeros(len(self._q))
+            src_conc = np.zeros(len(self._q))
             if active:  # injected contrast displaces the blood arriving at the tip (up to its flow)
                 np.maximum.at(displaced, cells, np.minimum(rates, np.abs(self._q[cells])))
-            _advance(self.c, self._a, self._b, self._q, self._vol, self._lam, self._n_nodes, cells, rates,
-                     concs, span / n_sub, n_sub, self._blocked, displaced)
+                np.add.at(src_rate, cells, rates)
+                np.add.at(src_conc, cells, rates * concs)
+                src_conc = np.divide(src_conc, src_rate, out=np.zeros_like(src_conc), where=src_rate > 0)
+            _advance(self.c, self._a, self._b, self._q, self._vol, self._lam, self._n_nodes, src_rate,
+                     src_conc, span / n_sub, n_sub, self._blocked, displaced)
             self.time_s = t_next
         self.injections = [(inj, t0) for inj, t0 in self.injections if t0 + inj.duration_s > self.time_s]
 

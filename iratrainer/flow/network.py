@@ -19,7 +19,7 @@ every named territory share the remainder in the same way. The sizing is an iter
 on the full network (anastomoses included) until every bed is within 1e-6 of its target.
 
 Modifiers change cell conductances: a clot or an inflated balloon blocks a cell (its
-conductance drops by 1e9, so the matrix stays regular and "no flow" reads below 1e-6 of
+conductance drops by 1e12, so the matrix stays regular and "no flow" reads below 1e-6 of
 baseline); a residual stenosis scales the radius; a catheter in a cell leaves the
 annulus between it and the wall (concentric annulus Poiseuille flow), so a catheter
 wedged in a small vessel nearly stops it.
@@ -54,7 +54,7 @@ MAP_MMHG = 93.0  # mean arterial pressure
 VENOUS_MMHG = 5.0  # pressure behind the capillary beds (venous / intracranial)
 MMHG = 133.322  # Pa
 ML_MIN = 1000.0 / 60.0  # mm³/s per mL/min
-BLOCKED_SCALE = 1e-9  # conductance factor of a blocked cell
+BLOCKED_SCALE = 1e-12  # conductance factor of a blocked cell
 
 # Published flows (mL/min) into each named territory; beds of a territory share its flow
 # ∝ r³. Cerebral figures: ICA 167-399, MCA ~170 (REFERENCE.md "Flow and contrast"); ECA,
@@ -437,7 +437,9 @@ class FlowNetwork:
             mat[self.root_node, self.root_node] = 1.0
             mat = mat.tocsr()
             rhs[self.root_node] = root_pressure_pa
-        p = spla.spsolve(mat.tocsc(), rhs)
+        lu = spla.splu(mat.tocsc())
+        p = lu.solve(rhs)
+        p += lu.solve(rhs - mat @ p)  # one step of iterative refinement (blocked cells: 1e12 contrast)
         if not np.all(np.isfinite(p)):
             raise FlowError("the flow network is singular (a part of the tree has no outlet)")
         q = (p[self.cell_a] - p[self.cell_b]) * g_cell
@@ -447,7 +449,10 @@ class FlowNetwork:
 
     # ------------------------------------------------------------------ queries
     def junction_imbalance(self, sol: FlowSolution) -> float:
-        """Largest |Σ flows| at a node relative to the flow through it (conservation check)."""
+        """Largest |Σ flows| at a node relative to the flow through it.
+
+        The flow through a node is floored at 1e-6 of the inflow (below that is "no flow").
+        """
         n = self.n_nodes
         net = np.bincount(self.cell_a, weights=-sol.cell_q, minlength=n)
         net += np.bincount(self.cell_b, weights=sol.cell_q, minlength=n)
@@ -460,7 +465,7 @@ class FlowNetwork:
         net[self.root_node] += self.inflow_mm3_s
         through = np.bincount(self.cell_a, weights=np.abs(sol.cell_q), minlength=n)
         through += np.bincount(self.cell_b, weights=np.abs(sol.cell_q), minlength=n)
-        return float(np.max(np.abs(net) / np.maximum(through, 1e-12 * self.inflow_mm3_s)))
+        return float(np.max(np.abs(net) / np.maximum(through, 1e-6 * self.inflow_mm3_s)))
 
     def branch_flow_ml_min(self, sol: FlowSolution, label: str) -> float:
         """Flow entering branch ``label`` (its first cell), mL/min; negative when retrograde."""
