@@ -268,7 +268,7 @@ class VesselTree:
         lca_down = down.index(up[lca_up])
         return up[: lca_up + 1] + list(reversed(down[:lca_down]))
 
-    def path_polyline(self, start: str, end: str) -> tuple[np.ndarray, np.ndarray]:
+    def path_polyline(self, start: str, end: str, with_labels: bool = False) -> tuple[np.ndarray, ...]:
         """A continuous centerline from ``start`` to the distal end of ``end``, the way a device goes.
 
         When ``start`` is not upstream of ``end``, the route begins at the distal end of
@@ -277,7 +277,9 @@ class VesselTree:
         of ``end``.
 
         Returns:
-            points (K, 3) in mm and radii (K,) in mm, without repeated points.
+            points (K, 3) in mm and radii (K,) in mm, without repeated points; with
+            ``with_labels`` also (K,) branch indices, each point labelled with the branch
+            it was taken from (a junction point belongs to the vessel the route leaves).
         """
         labels = self.path(start, end)
         up = self.ancestors(start)
@@ -286,6 +288,7 @@ class VesselTree:
         k0 = labels.index(lca)
         pts: list[np.ndarray] = []
         rad: list[np.ndarray] = []
+        lab: list[np.ndarray] = []
         entry = 0
         if k0 > 0:
             entry = len(self[start].points_mm) - 1
@@ -294,6 +297,7 @@ class VesselTree:
                 idx = np.arange(entry, -1, -1)
                 pts.append(b.points_mm[idx])
                 rad.append(b.radii_mm[idx])
+                lab.append(np.full(len(idx), self.index(labels[k])))
                 entry = b.parent_index
         for k in range(k0, len(labels)):
             b = self[labels[k]]
@@ -302,10 +306,13 @@ class VesselTree:
             idx = np.arange(entry, stop + step, step)
             pts.append(b.points_mm[idx])
             rad.append(b.radii_mm[idx])
+            lab.append(np.full(len(idx), self.index(labels[k])))
             entry = 0
         p = np.concatenate(pts)
         r = np.concatenate(rad)
         keep = np.concatenate([[True], np.linalg.norm(np.diff(p, axis=0), axis=1) > 1e-9])
+        if with_labels:
+            return p[keep], r[keep], np.concatenate(lab)[keep]
         return p[keep], r[keep]
 
     # ------------------------------------------------------------------ arc length

@@ -1,0 +1,1 @@
+"""The shipped case library (TOML files; see README.md here). Installed as ``iratrainer.cases``."""

@@ -1,0 +1,1 @@
+"""Scenarios: case files, the deterministic Procedure, autopilots, headless runs."""
