@@ -297,6 +297,59 @@ def _show_image_window(path: Path) -> int:  # pragma: no cover - needs a display
         pygame.quit()
 
 
+def _cmd_case(args: argparse.Namespace) -> int:
+    import json
+
+    from iratrainer.scenario.case import default_case_path, list_cases, load_case
+
+    if args.case_cmd == "validate":
+        ok = True
+        for path in args.paths:
+            case = load_case(path)  # structure, values, devices
+            case.load_tree()  # the anatomy has what the case names
+            print(f"ok: {path} ({case.id}, {case.level}, difficulty {case.difficulty})")
+        return 0 if ok else 1
+    if args.case_cmd == "list":
+        cases = list_cases()
+        default = default_case_path().resolve()
+        if args.json:
+            for c in cases:
+                print(json.dumps({"id": c.id, "path": str(c.path), "level": c.level, "difficulty": c.difficulty,
+                                  "title": c.title, "goal": c.goal.kind, "target": c.goal.target,
+                                  "default": c.path.resolve() == default}, ensure_ascii=False))
+        else:
+            for c in cases:
+                mark = "*" if c.path.resolve() == default else " "
+                print(f"{mark} {c.id:32s} {c.level:18s} {c.difficulty}  {c.title['en']}")
+            print("(* = default case)")
+        return 0
+    if args.case_cmd == "new":
+        from iratrainer.scenario.authoring import case_from_dicom
+
+        out = case_from_dicom(args.inputs, args.occlusion, args.out, access=args.access,
+                              progress=None if args.quiet else _progress_bar)
+        print(f"wrote {out}")
+        return 0
+    raise IratrainerError("case: choose validate, list or new")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from iratrainer.scenario.case import load_case, resolve_case
+    from iratrainer.scenario.run import run_headless
+
+    if not args.headless:
+        raise IratrainerError("run: only --headless runs exist so far (the window is 'iratrainer play')")
+    if not args.autopilot:
+        raise IratrainerError("run --headless needs --autopilot expert or novice")
+    case = load_case(resolve_case(args.case))
+    res = run_headless(case, args.out, args.autopilot, args.seed, cine=args.cine, matrix=args.matrix,
+                       render=not args.no_render)
+    print(f"{case.id}: {res['outcome']} in {res['time_s']:.0f} s simulated ({res['realtime_factor']:.1f}x real time); "
+          f"mTICI {res['tici']}, {res['passes']} pass(es), fluoroscopy {res['fluoro_time_s']:.0f} s, "
+          f"DAP {res['dap_gy_cm2']:.1f} Gy.cm2, contrast {res['contrast_ml']:.0f} mL -> {args.out}")
+    return 0 if res["outcome"] in ("success", "ended") else 3
+
+
 # ---------------------------------------------------------------------- parser
 def _seed(text: str) -> int:
     v = int(text)
@@ -383,6 +436,35 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--fuzz-seconds", type=float, default=20.0,
                     help="simulated seconds of random hub inputs (600 = the full 10-minute fuzz)")
     va.set_defaults(func=_cmd_validate)
+
+    cs = sub.add_parser("case", help="validate, list and author case files",
+                        description="Case files (TOML): validate them, list the shipped library, or make "
+                        "one from a DICOM angiography.")
+    csub = cs.add_subparsers(dest="case_cmd", metavar="CASE_COMMAND")
+    cv = csub.add_parser("validate", help="check case files (and their anatomy)")
+    cv.add_argument("paths", nargs="+", help="case files")
+    cl = csub.add_parser("list", help="the shipped cases (the default marked)")
+    cl.add_argument("--json", action="store_true", help="one JSON object per case")
+    cn = csub.add_parser("new", help="a case from a DICOM CTA/MRA/3D-RA: segment, label, write")
+    cn.add_argument("--from-dicom", dest="inputs", nargs="+", required=True, help="DICOM files or folders")
+    cn.add_argument("--occlusion", required=True, help="branch label to occlude (e.g. L_MCA_M1)")
+    cn.add_argument("--access", default="right_femoral", help="access site (default right_femoral)")
+    cn.add_argument("--out", required=True, help="the case file to write (cases/NAME.toml)")
+    cn.add_argument("--quiet", action="store_true", help="no progress bar")
+    cs.set_defaults(func=_cmd_case)
+
+    rn = sub.add_parser("run", help="play a case headless with an autopilot; write result.json and logs",
+                        description="Play a case without a window. Writes result.json, controls.json, "
+                        "events.jsonl and, with --cine, the DSA runs as DICOM and a GIF.")
+    rn.add_argument("case", help="case file or shipped case id")
+    rn.add_argument("--headless", action="store_true", help="no window (required for now)")
+    rn.add_argument("--autopilot", choices=["expert", "novice"], help="who plays")
+    rn.add_argument("--seed", type=_seed, default=0, help="session seed (default 0)")
+    rn.add_argument("--out", required=True, help="output folder")
+    rn.add_argument("--cine", action="store_true", help="also write the runs (DICOM XA) and a GIF")
+    rn.add_argument("--matrix", type=int, default=256, help="image matrix for rendering (default 256)")
+    rn.add_argument("--no-render", action="store_true", help="do not render the images (faster)")
+    rn.set_defaults(func=_cmd_run)
 
     b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
                        description="Benchmarks (medians of repeated runs). Groups: anatomy, render, physics, segment.")

@@ -96,8 +96,9 @@ class Circulation:
         self.solution = self._solve()
         occl = self.net.solve(collaterals=False)
         self.baseline_bed_q = net.baseline.bed_q.copy()
-        ratio = occl.bed_q / np.maximum(self.baseline_bed_q, 1e-12)
-        self.at_risk = np.flatnonzero(ratio < 0.5)  # beds the occlusion deprives
+        self.antegrade_bed_q = net.baseline_antegrade.bed_q.copy()
+        ratio = occl.bed_q / np.maximum(self.antegrade_bed_q, 1e-12)
+        self.at_risk = np.flatnonzero(ratio < 0.5)  # beds the occlusion deprives of antegrade flow
 
     # ------------------------------------------------------------------ modifiers
     def _apply(self) -> None:
@@ -315,12 +316,17 @@ class Circulation:
 
     # ------------------------------------------------------------------ reperfusion
     def reperfusion(self) -> tuple[float, str]:
-        """(reperfused fraction of the territory at risk, mTICI), antegrade flow only."""
+        """(reperfused fraction of the territory at risk, mTICI), antegrade flow only.
+
+        Antegrade: without the collaterals and the anastomoses of the circle of Willis, so
+        that a basilar or carotid-T occlusion is not graded as perfused by the PCOM or the
+        ACOM; weights are the beds' antegrade baseline flows.
+        """
         if len(self.at_risk) == 0:
             return 1.0, "3"
         self._apply()
         sol = self.net.solve(collaterals=False)
-        w = self.baseline_bed_q[self.at_risk]
+        w = self.antegrade_bed_q[self.at_risk]
         frac = float(np.sum(w * np.minimum(1.0, sol.bed_q[self.at_risk] / w)) / np.sum(w))
         occlusive = any(c.present and c.open_fraction <= 0.0 for c in self.clots)
         distal = len(self.emboli.same_territory)

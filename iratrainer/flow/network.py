@@ -15,8 +15,10 @@ partial tree its published share) and the venous pressure behind every bed. Beds
 **sized** so that, with the mean arterial pressure at the root, each bed carries its
 target flow: targets are published territory flows (:data:`TERRITORY_FLOW_ML_MIN`),
 shared among the beds of a territory in proportion to r³ (Murray's law); beds outside
-every named territory share the remainder in the same way. The sizing is an iteration
-on the full network (anastomoses included) until every bed is within 1e-6 of its target.
+every named territory share the remainder in the same way. The sizing is done once
+on the full network: with the root at the mean arterial pressure and every outlet
+drawing its target flow, one linear solve gives the outlet pressures, and Ohm's law the
+bed resistances (anastomoses included; exact, no iteration).
 
 Modifiers change cell conductances: a clot or an inflated balloon blocks a cell (its
 conductance drops by 1e12, so the matrix stays regular and "no flow" reads below 1e-6 of
@@ -54,6 +56,7 @@ MAP_MMHG = 93.0  # mean arterial pressure
 VENOUS_MMHG = 5.0  # pressure behind the capillary beds (venous / intracranial)
 MMHG = 133.322  # Pa
 ML_MIN = 1000.0 / 60.0  # mm³/s per mL/min
+MIN_BED_DROP_MMHG = 20.0  # pressure left across a sized capillary bed, at least
 BLOCKED_SCALE = 1e-12  # conductance factor of a blocked cell
 
 # Published flows (mL/min) into each named territory; beds of a territory share its flow
@@ -75,7 +78,7 @@ VISCERAL_BED = ("AO_ABD", 0.05)  # lumped coeliac/mesenteric/renal bed: (branch,
 MURRAY_REF = (255.0, 2.7)
 
 # Collateral link resistance as a multiple of the resistance of the MCA bed it feeds. On the
-# default atlas, M1 occluded, the collaterals then carry about 3 / 7 / 12 / 18 % of the
+# default atlas, M1 occluded, the collaterals then carry about 2 / 6 / 12 / 18 % of the
 # territory's baseline flow for grades 1-4 (`iratrainer validate flow` measures it); the
 # ceiling (~24 %) is set by the resistance of the donor cortical branches.
 COLLATERAL_RESISTANCE_FACTOR: dict[int, float] = {0: math.inf, 1: 10.0, 2: 3.0, 3: 1.0, 4: 0.3}
@@ -171,13 +174,17 @@ class FlowNetwork:
             r0 = float(tree.branches[0].radii_mm[0])
             default_in = MURRAY_REF[0] * (r0 / MURRAY_REF[1]) ** 3
         self.inflow_mm3_s = (inflow_ml_min if inflow_ml_min is not None else default_in) * ML_MIN
+        self.link_r = np.zeros(0)
         if bed_resistance is not None:
             self.bed_r = np.array([bed_resistance[lab] for lab in self.bed_label], dtype=np.float64)
             self.bed_target_mm3_s = np.full(len(self.bed_r), np.nan)
         else:
             self._size_beds(territory_flow_ml_min or TERRITORY_FLOW_ML_MIN)
         self._set_links()
+        anast = {self.tree.index(a) for a, _ in self.tree.anastomoses}
+        self.anastomosis_cells = np.flatnonzero(np.isin(self.cell_branch, list(anast)))
         self.baseline = self.solve()
+        self.baseline_antegrade = self.solve(collaterals=False)
 
     # ------------------------------------------------------------------ construction
     def _build_cells(self) -> None:
@@ -328,7 +335,8 @@ class FlowNetwork:
 
     def _set_links(self) -> None:
         f = COLLATERAL_RESISTANCE_FACTOR[self.collateral_grade]
-        self.link_r = np.array([f * self.bed_r[a] for a in self.link_a], dtype=np.float64)
+        if len(self.link_r) != len(self.link_a):  # explicit beds: links from the bed resistances
+            self.link_r = np.array([f * self.bed_r[a] for a in self.link_a], dtype=np.float64)
         if not math.isfinite(f):
             self.link_a, self.link_b = [], []
             self.link_r = np.zeros(0)
@@ -368,23 +376,51 @@ class FlowNetwork:
         else:
             self.inflow_mm3_s = assigned
         self.bed_target_mm3_s = target
-        # iterate: fixed root pressure = MAP, scale each bed resistance by its flow error
-        dp = (MAP_MMHG - VENOUS_MMHG) * MMHG
+        # exact sizing: with the root at MAP and each outlet drawing its target flow, one
+        # linear solve gives every outlet's pressure; the bed resistance follows from Ohm's
+        # law. Collateral links are sized from the nominal bed resistance first, so that
+        # they are part of the sized network. A bed whose target would need more pressure
+        # than there is (thin, long branches) gets 20 % less, the rest going to the lumped
+        # bed, until every bed keeps at least MIN_BED_DROP_MMHG across it.
+        n = self.n_nodes
+        nominal = (MAP_MMHG - VENOUS_MMHG) * MMHG / np.maximum(target, 1e-12)
+        f = COLLATERAL_RESISTANCE_FACTOR[self.collateral_grade]
+        use_links = bool(self.link_a) and math.isfinite(f)
+        self.link_r = np.array([f * nominal[a] for a in self.link_a]) if use_links else np.zeros(0)
+        g = 1.0 / self.cell_r0
+        i = [self.cell_a, self.cell_b, self.cell_a, self.cell_b]
+        j = [self.cell_a, self.cell_b, self.cell_b, self.cell_a]
+        v = [g, g, -g, -g]
+        if use_links:
+            la, lb, gl = self.bed_node[self.link_a_arr], self.bed_node[self.link_b_arr], 1.0 / self.link_r
+            i += [la, lb, la, lb]
+            j += [la, lb, lb, la]
+            v += [gl, gl, -gl, -gl]
+        mat = sp.coo_matrix((np.concatenate(v), (np.concatenate(i), np.concatenate(j))), shape=(n, n)).tolil()
+        mat[self.root_node, :] = 0.0
+        mat[self.root_node, self.root_node] = 1.0
+        csr = mat.tocsr()
+        lu = spla.splu(mat.tocsc())
+        lumped = self.bed_label.index("VISCERAL") if "VISCERAL" in self.bed_label else -1
+        for _ in range(40):
+            rhs = -np.bincount(self.bed_node, weights=target, minlength=n)
+            rhs[self.root_node] = MAP_MMHG * MMHG
+            p = lu.solve(rhs)
+            p += lu.solve(rhs - csr @ p)
+            dp = p[self.bed_node] - VENOUS_MMHG * MMHG
+            short = dp < MIN_BED_DROP_MMHG * MMHG
+            if not np.any(short):
+                break
+            cut = 0.2 * target[short]
+            target[short] -= cut
+            if lumped >= 0 and not short[lumped]:
+                target[lumped] += cut.sum()
+        else:
+            bad = self.bed_label[int(np.argmin(dp))]
+            raise FlowError(f"the territory flows cannot be reached at {MAP_MMHG:g} mmHg (bed {bad})")
+        self.bed_target_mm3_s = target
+        self.inflow_mm3_s = float(target.sum())
         self.bed_r = dp / target
-        self.link_r = np.zeros(0)
-        link_a, link_b = self.link_a, self.link_b
-        self.link_a, self.link_b = [], []  # size without collaterals (they carry nothing at baseline)
-        try:
-            for _ in range(60):
-                sol = self._solve(root_pressure_pa=MAP_MMHG * MMHG)
-                err = sol.bed_q / target
-                self.bed_r = self.bed_r * err
-                if np.max(np.abs(err - 1.0)) < 1e-9:
-                    break
-            else:  # pragma: no cover - the iteration is a contraction for any tree
-                raise FlowError("bed sizing did not converge")
-        finally:
-            self.link_a, self.link_b = link_a, link_b
 
     # ------------------------------------------------------------------ solving
     def cell_resistance(self) -> np.ndarray:
@@ -402,17 +438,19 @@ class FlowNetwork:
         """Steady flows with the root inflow as a flow source.
 
         Args:
-            collaterals: include the leptomeningeal links (False: antegrade flow only,
+            collaterals: include the leptomeningeal links and the anastomoses of the
+                circle of Willis (False: antegrade flow only, through the parent vessels,
                 what the reperfusion grade counts).
         """
         if collaterals:
             return self._solve(root_pressure_pa=None)
-        saved = self.link_a, self.link_b
+        saved = self.link_a, self.link_b, self.blocked.copy()
         self.link_a, self.link_b = [], []
+        self.blocked[self.anastomosis_cells] = True
         try:
             sol = self._solve(root_pressure_pa=None)
         finally:
-            self.link_a, self.link_b = saved
+            self.link_a, self.link_b, self.blocked = saved
         return FlowSolution(sol.pressure_pa, sol.cell_q, sol.bed_q, np.zeros(len(self.link_a)), sol.root_pressure_pa)
 
     def _solve(self, root_pressure_pa: float | None) -> FlowSolution:

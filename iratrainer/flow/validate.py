@@ -177,7 +177,7 @@ def check_tici(net: FlowNetwork) -> Iterator[dict[str, Any]]:
     circ.emboli.same_territory.extend(pick)
     circ._dirty = True
     frac, grade = circ.reperfusion()
-    w = net.baseline.bed_q
+    w = net.baseline_antegrade.bed_q
     lost = sum(w[net.bed_label.index(b)] for b in pick) / w[circ.at_risk].sum()
     ref = 1.0 - lost
     yield _row("tici_emboli_fraction", frac, ref, abs(frac - ref), 0.02, "reperfused fraction",

@@ -60,7 +60,14 @@ class _Route:
 
     def __init__(self, proc: Procedure, target: str) -> None:
         t = proc.tree
-        pts, _, lab = t.path_polyline(proc.case.access_branch, target, with_labels=True)
+        acc = proc.access
+        if proc.case.access == "model_root":  # entering at the root with the flow: the route starts there
+            pts, _, lab = t.path_polyline(acc, target, with_labels=True)
+            if not np.allclose(pts[0], t[acc].points_mm[0]):
+                pts = np.vstack([t[acc].points_mm[:1], pts])
+                lab = np.concatenate([[t.index(acc)], lab])
+        else:
+            pts, _, lab = t.path_polyline(acc, target, with_labels=True)
         seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
         self.arc = np.concatenate([[0.0], np.cumsum(seg)])
         self.pts = pts
@@ -330,8 +337,11 @@ class Autopilot:
         yield from self._move_to(wire, self._inserted(cath) - 5.0)
         if cath.startswith("simmons"):
             yield from self._simmons(cath, route, sup)
-        else:
+        else:  # into the vessel, short of the next division on the way
+            nxt = [j for j in route.junctions if j > route.arc_of(sup) + 1.0]
             s_in = route.arc_of(sup) + 15.0
+            if nxt:
+                s_in = min(s_in, max(route.arc_of(sup) + 4.0, nxt[0] - 6.0))
             yield from self._navigate(cath, route, s_in)
         if self.style.extra_dsa:
             yield from self._act("dsa:4")
@@ -368,58 +378,58 @@ class Autopilot:
     def _navigate_case(self) -> Iterator[Controls]:
         goal = self.case.goal
         p = self.proc
+        route = self._route_to(goal.target)
+        s_goal = min(route.length - 5.0, route.arc_of(goal.target) + 25.0)
+        micro = goal.device in ("microwire", "microcatheter") or p.catalogue.get(goal.device) is not None and \
+            p.catalogue[goal.device].kind in ("microwire", "microcatheter")
+        if micro:  # siphon work: guide in the neck, then the microcatheter and microwire
+            neck = self._neck_vessel(route)
+            yield from self._prepare(route, route.arc_of(neck) + 30.0)
+            mw, mc = self._pick("microwire"), self._pick("microcatheter")
+            yield from self._navigate(mw, route, s_goal, followers=((mc, 15.0),))
+            yield from self._move_to(mc, s_goal - 8.0, speed=self.style.fine_speed_mm_s, fluoro=True)
+            yield from self._wait(goal.hold_s + 0.5)
+            return
         wire = self._pick("guidewire")
         cath = self._arch_catheter()
         yield from self._act(f"insert:{cath}")
         yield from self._act(f"insert:{wire}")
         yield from self._to_arch(wire, cath, "")
-        route = self._route_to(goal.target)
-        if route.labels.count("AO_ARCH") and goal.target not in ("AO_ARCH", "AO_ASC"):
+        if "AO_ARCH" in route.labels and goal.target not in ("AO_ARCH", "AO_ASC"):
             yield from self._select_vessel(cath, wire, goal.target)
             yield from self._act("roadmap")
             yield from self._wait(2.5)
-        lead = wire
-        goal_dev = goal.device
-        s_goal = min(route.length - 5.0, route.arc_of(goal.target) + 25.0)
-        yield from self._navigate(lead, route, s_goal)
-        if goal_dev and p.catalogue[cath].kind == goal_dev or goal_dev == cath:
+        yield from self._navigate(wire, route, s_goal)
+        kind = p.catalogue[cath].kind
+        if goal.device in (cath, kind):
             yield from self._move_to(cath, s_goal - 10.0)
         yield from self._wait(goal.hold_s + 0.5)
 
-    def _thrombectomy(self) -> Iterator[Controls]:
-        s = self.style
+    def _prepare(self, route: _Route, guide_limit: float) -> Iterator[Controls]:
+        """Access to the neck vessel: the guide there, a distal catheter, microcatheter and microwire in it."""
         p = self.proc
-        clot = self.case.occlusions[0]
-        guide = self._pick("guide")
-        dac = self._pick("catheter")
-        mc = self._pick("microcatheter")
-        mw = self._pick("microwire")
-        sr = self._pick("stent_retriever")
+        guide, dac, mc, mw = self._pick("guide"), self._pick("catheter"), self._pick("microcatheter"), self._pick("microwire")
         wire = self._pick("guidewire")
         cath = self._arch_catheter()
-        # landing zone beyond the clot: the largest branch leaving the clot's vessel downstream
-        kids = p.tree.children(clot.branch)
-        land = max(kids, key=lambda k: p.tree[k].radii_mm[0]) if kids else clot.branch
-        route = self._route_to(land)
-        s_clot0 = route.arc_of(clot.branch) + clot.start_mm
-        s_clot1 = s_clot0 + clot.length_mm
-        neck = self._neck_vessel(route)  # the vessel the guide sits in (cervical ICA or VA)
-        for name in (guide, cath, wire):
-            yield from self._act(f"insert:{name}")
-        yield from self._to_arch(wire, cath, guide)
-        yield from self._select_vessel(cath, wire, clot.branch)
-        yield from self._act("roadmap")
-        yield from self._wait(2.5)
-        # wire into the neck vessel, catheter and guide over it
+        neck = self._neck_vessel(route)
         s_neck = route.arc_of(neck)
-        yield from self._navigate(wire, route, s_neck + 60.0)
-        yield from self._move_to(cath, s_neck + 45.0)
-        yield from self._move_to(guide, s_neck + 30.0, fluoro=True)
-        if self._inserted(guide) < s_neck + 5.0:  # the guide did not follow: bring it in as far as it goes
-            yield from self._move_to(guide, s_neck + 10.0, speed=s.fine_speed_mm_s, fluoro=True)
-        for name in (wire, cath):
-            yield from self._move_to(name, 0.0)
-            yield from self._act(f"remove:{name}")
+        if self.case.access == "model_root":  # a head model: the guide is brought to the model's root
+            yield from self._act(f"insert:{guide}")
+            yield from self._move_to(guide, min(20.0, guide_limit))
+        else:
+            for name in (guide, cath, wire):
+                yield from self._act(f"insert:{name}")
+            yield from self._to_arch(wire, cath, guide)
+            yield from self._select_vessel(cath, wire, route.labels[-1])
+            yield from self._act("roadmap")
+            yield from self._wait(2.5)
+            wire_to = min(s_neck + 60.0, guide_limit + 30.0)
+            yield from self._navigate(wire, route, wire_to)
+            yield from self._move_to(cath, min(s_neck + 45.0, guide_limit + 15.0))
+            yield from self._move_to(guide, min(s_neck + 30.0, guide_limit), fluoro=True)
+            for name in (wire, cath):
+                yield from self._move_to(name, 0.0)
+                yield from self._act(f"remove:{name}")
         for name in (dac, mc, mw):
             yield from self._act(f"insert:{name}")
         g = self._inserted(guide)
@@ -427,9 +437,80 @@ class Autopilot:
             yield from self._move_to(name, g - 5.0)
         yield from self._act("dsa")
         yield from self._wait(8.5)
-        if s.extra_dsa:
+        if self.style.extra_dsa:
             yield from self._act("dsa")
             yield from self._wait(8.5)
+        del p
+
+    def _thrombectomy(self) -> Iterator[Controls]:
+        p = self.proc
+        guide = self._pick("guide")
+        clots = sorted(range(len(self.case.occlusions)), key=lambda k: self._clot_arcs(k)[0])
+        route = self._clot_route(clots[-1])
+        neck = self._neck_vessel(route)
+        first = self._clot_arcs(clots[0])
+        guide_limit = route.arc_of(neck) + 30.0
+        if self.case.occlusions[clots[0]].branch == neck:  # a cervical lesion: the guide stays below it
+            guide_limit = min(guide_limit, first[0] - 25.0)
+        yield from self._prepare(route, guide_limit)
+        for k in clots:
+            if p.terminated:
+                return
+            if self.case.occlusions[k].branch == neck:
+                yield from self._aspirate(k)
+            else:
+                yield from self._stent_passes(k)
+        # final angiogram from the guide, then everything out
+        dac = self._pick("catheter")
+        yield from self._move_to(dac, max(0.0, self._inserted(guide) - 10.0))
+        yield from self._act("dsa")
+        yield from self._wait(8.5)
+        for name in [d.name for d in reversed(p.stack.devices)]:
+            yield from self._move_to(name, 0.0)
+            yield from self._act(f"remove:{name}")
+        yield from self._wait(1.0)
+
+    def _clot_route(self, k: int) -> _Route:
+        p = self.proc
+        clot = self.case.occlusions[k]
+        kids = p.tree.children(clot.branch)
+        land = max(kids, key=lambda c: p.tree[c].radii_mm[0]) if kids else clot.branch
+        return self._route_to(land)
+
+    def _clot_arcs(self, k: int) -> tuple[float, float]:
+        """Route arcs of the clot's faces (read off the DSA's cut-off)."""
+        clot = self.case.occlusions[k]
+        r = self._clot_route(k)
+        s0 = r.arc_of(clot.branch) + clot.start_mm
+        return s0, s0 + clot.length_mm
+
+    def _aspirate(self, k: int) -> Iterator[Controls]:
+        """Direct aspiration: the distal catheter's face on the clot, suction, withdraw; control run."""
+        p = self.proc
+        s = self.style
+        dac, mc, mw = self._pick("catheter"), self._pick("microcatheter"), self._pick("microwire")
+        s0, _ = self._clot_arcs(k)
+        for _ in range(s.max_passes):
+            for name in (mw, mc):
+                if p.device(name) is not None:
+                    yield from self._move_to(name, max(0.0, s0 - 40.0))
+            yield from self._move_to(dac, s0 - 0.5, speed=s.fine_speed_mm_s, fluoro=True)
+            yield from self._act("aspiration:on")
+            yield from self._wait(6.0)
+            yield from self._move_to(dac, s0 - 30.0, speed=s.fine_speed_mm_s / 2, fluoro=s.fluoro_always)
+            yield from self._act("aspiration:off")
+            yield from self._act("dsa")
+            yield from self._wait(8.5)
+            if k not in p.dsa_defects:
+                return
+
+    def _stent_passes(self, k: int) -> Iterator[Controls]:
+        s = self.style
+        p = self.proc
+        guide, dac, mc = self._pick("guide"), self._pick("catheter"), self._pick("microcatheter")
+        mw, sr = self._pick("microwire"), self._pick("stent_retriever")
+        route = self._clot_route(k)
+        s_clot0, s_clot1 = self._clot_arcs(k)
         passes = 0
         while passes < s.max_passes and not p.terminated:
             # microwire across the clot, microcatheter over it, distal catheter to the clot face
@@ -450,8 +531,7 @@ class Autopilot:
             yield from self._act(f"insert:{sr}")
             yield from self._move_to(sr, self._inserted(mc) - 1.0)
             # unsheathe: hold the stent, pull the microcatheter back over it
-            spec = p.catalogue[sr]
-            st = spec.extra.get("stent", {})
+            st = p.catalogue[sr].extra.get("stent", {})
             span = float(st.get("working_length_mm", 40.0)) + float(st.get("from_tip_mm", 2.0)) + 3.0
             yield from self._move_to(mc, self._inserted(sr) - span, speed=s.fine_speed_mm_s, fluoro=True)
             yield from self._hesitate()
@@ -475,20 +555,11 @@ class Autopilot:
                 yield from self._move_to(dac, s_clot0 - 40.0)
             yield from self._act("dsa")
             yield from self._wait(8.5)
-            if p.tici_shown and TICI_GRADES.index(p.tici_shown) >= TICI_GRADES.index("2c" if s.name == "expert" else "2b"):
+            shown = p.tici_shown
+            if shown and TICI_GRADES.index(shown) >= TICI_GRADES.index("2c" if s.name == "expert" else "2b"):
                 break
-            if p.tici_shown and passes >= 2 and TICI_GRADES.index(p.tici_shown) >= TICI_GRADES.index(
-                    self.case.goal.tici_success):
+            if shown and passes >= 2 and TICI_GRADES.index(shown) >= TICI_GRADES.index(self.case.goal.tici_success):
                 break
-        # final angiogram from the guide, then everything out
-        yield from self._move_to(dac, max(0.0, self._inserted(guide) - 10.0))
-        yield from self._act("dsa")
-        yield from self._wait(8.5)
-        for name in (dac, guide):
-            if p.device(name) is not None:
-                yield from self._move_to(name, 0.0)
-                yield from self._act(f"remove:{name}")
-        yield from self._wait(1.0)
 
     def _neck_vessel(self, route: _Route) -> str:
         for lab in route.labels:

@@ -27,7 +27,8 @@ __all__ = ["Case", "CaseError", "Goal", "Vignette", "load_case", "case_dirs", "l
 FORMAT_VERSION = 1
 LEVELS = ("navigation_basics", "arch", "intracranial", "thrombectomy")
 # access site → (branch, where the sheath is: "end" = the distal end, entering against the flow)
-ACCESS_SITES = {"right_femoral": "R_CFA", "left_femoral": "L_CFA", "right_radial": "R_SCA"}
+# "model_root": a segmented head model; devices enter at the root (the cervical artery) with the flow.
+ACCESS_SITES = {"right_femoral": "R_CFA", "left_femoral": "L_CFA", "right_radial": "R_SCA", "model_root": ""}
 GOAL_KINDS = ("navigate", "thrombectomy")
 
 
@@ -91,8 +92,12 @@ class Case:
 
     @property
     def access_branch(self) -> str:
-        """The branch where the sheath sits."""
+        """The branch where the sheath sits ("" for ``model_root``: the model's root)."""
         return ACCESS_SITES[self.access]
+
+    def access_label(self, tree: VesselTree) -> str:
+        """The access branch in ``tree``."""
+        return self.access_branch or tree.labels[0]
 
     def load_tree(self) -> VesselTree:
         """Build or load the anatomy, checked against the case (labels, clots)."""
@@ -118,7 +123,7 @@ class Case:
         from iratrainer.flow.thrombectomy import ClotError
 
         where = f"{self.path}"
-        if self.access_branch not in tree:
+        if self.access_label(tree) not in tree:
             raise CaseError(f"{where}: access: the model has no '{self.access_branch}' for {self.access} access")
         if self.goal.target not in tree:
             raise CaseError(f"{where}: goal.target: the model has no branch '{self.goal.target}'")

@@ -130,7 +130,8 @@ class Procedure:
         self.rng = np.random.default_rng([case.seed, self.seed])
         self.catalogue = default_catalogue()
         self.circ = Circulation(net, list(case.occlusions), self.rng)
-        self.stack = RailStack(self.tree, case.access_branch)
+        self.access = case.access_label(self.tree)
+        self.stack = RailStack(self.tree, self.access, antegrade=case.access == "model_root")
         self.stack.clot_ranges = [(c.spec.branch, c.start_mm, c.start_mm + c.length_mm) for c in self.circ.clots]
         self.dose = DoseMeter()
         cm = case.carm
@@ -152,6 +153,7 @@ class Procedure:
         self.passes: list[dict[str, Any]] = []
         self.tici = "0" if case.occlusions else "3"
         self.tici_shown = ""  # the grade of the last control DSA
+        self.dsa_defects: list[int] = list(range(len(case.occlusions)))  # clots the last DSA showed
         self.balloon = False
         self.aspiration = False
         self.outcome: str | None = None  # success | complication | ended | time_limit | dose_limit
@@ -183,10 +185,11 @@ class Procedure:
     def _route_labels(self) -> set[str]:
         t = self.tree
         target = self.case.goal.target
-        labels = set(t.path(self.case.access_branch, target))
+        acc = self.case.access_label(t)
+        labels = set(t.path(acc, target))
         labels |= set(t.subtree(target))
         for c in self.case.occlusions:
-            labels |= set(t.path(self.case.access_branch, c.branch)) | set(t.subtree(c.branch))
+            labels |= set(t.path(acc, c.branch)) | set(t.subtree(c.branch))
         return labels
 
     def spec(self, name: str) -> DeviceSpec:
@@ -391,9 +394,10 @@ class Procedure:
             self._dsa_reading()
 
     def _dsa_reading(self) -> None:
-        """What a control DSA shows: the reperfusion grade (graded on the run)."""
+        """What a control DSA shows: the reperfusion grade (graded on the run) and the filling defects."""
         frac, grade = self.circ.reperfusion()
         self.tici = grade
+        self.dsa_defects = [k for k, c in enumerate(self.circ.clots) if c.present]
         if self.passes and self._pass_pending_dsa:
             self.tici_shown = grade
             self._pass_pending_dsa = False
@@ -546,10 +550,11 @@ class Procedure:
                     self.exposures_this_step.append((name, "fluoro"))
                 self._pulse_next = self.time_s + 1.0 / FLUORO_PPS
         if self._dsa_until > self.time_s and self.time_s + 1e-9 >= self._dsa_next:
+            kind = self._dsa_kind + ("_mask" if self._dsa_frames == 0 else "")
             for name in ("frontal", "lateral"):
                 exp = self.dose.exposure(self.planes[name], TECHNIQUES["dsa"], "acquisition")
                 self.dose.record(exp)
-                self.exposures_this_step.append((name, self._dsa_kind))
+                self.exposures_this_step.append((name, kind))
             self._dsa_frames += 1
             self._dsa_next = self.time_s + 1.0 / DSA_FPS
             if self._dsa_kind == "roadmap" and self._dsa_frames == 3:

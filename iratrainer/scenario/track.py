@@ -111,20 +111,22 @@ class RailStack:
     Args:
         tree: the vessels.
         access_label: the branch holding the sheath; devices enter at its distal end and
-            climb against the flow.
+            climb against the flow (femoral, radial).
+        antegrade: enter at the branch's start and go with the flow instead (a segmented
+            head model, whose root is the cervical artery the guide sits in).
         blocked_ranges: (label, s0, s1) stretches a catheter cannot pass (occlusive clots);
             wires and microcatheters over them can.
     """
 
-    def __init__(self, tree: VesselTree, access_label: str) -> None:
+    def __init__(self, tree: VesselTree, access_label: str, antegrade: bool = False) -> None:
         self.tree = tree
         self.access_label = access_label
         self.devices: list[TrackDevice] = []  # outermost first
         b = tree[access_label]
         self._lab: list[int] = [tree.index(access_label)]
-        self._s: list[float] = [b.length_mm]
-        self._dir: list[int] = [-1]
-        self._pts: list[np.ndarray] = [b.points_mm[-1].copy()]
+        self._s: list[float] = [0.0 if antegrade else b.length_mm]
+        self._dir: list[int] = [1 if antegrade else -1]
+        self._pts: list[np.ndarray] = [(b.points_mm[0] if antegrade else b.points_mm[-1]).copy()]
         self.clot_ranges: list[tuple[str, float, float]] = []
         self.visited: list[str] = [access_label]  # branches the rail entered, in order (events)
         self._junctions = self._build_junctions()
