@@ -141,10 +141,10 @@ class Autopilot:
             out[name] = d / n if n > 1e-9 else np.zeros(2)
         return out
 
-    def _off_route_px(self, route: _Route, name: str, s_hint: float) -> float:
+    def _off_route_px(self, route: _Route, name: str, s_hint: float, window: tuple[float, float] = (-40.0, 40.0)) -> float:
         """Distance (pixels, worst plane) from the tip's image to the route's image near ``s_hint``."""
         worst = 0.0
-        lo, hi = max(0.0, s_hint - 40.0), min(route.length, s_hint + 40.0)
+        lo, hi = max(0.0, s_hint + window[0]), min(route.length, s_hint + window[1])
         ss = np.linspace(lo, hi, 161)
         pts = np.array([route.point(s) for s in ss])
         for plane_name, plane in self.proc.planes.items():
@@ -349,9 +349,11 @@ class Autopilot:
 
     def _simmons(self, cath: str, route: _Route, sup: str) -> Iterator[Controls]:
         """Form the reverse curve in the ascending aorta, then pull back into the vessel's origin."""
-        asc = self._route_to("AO_ASC")
+        # the route to the arch ends where the descending aorta joins it; the ascending aorta
+        # begins one arch length further
+        arch_end = self._route_to("AO_ARCH").length + self.proc.tree.length_mm("AO_ARCH")
         for attempt in range(6):
-            yield from self._move_to(cath, asc.length - 10.0, fluoro=True)
+            yield from self._move_to(cath, arch_end + 25.0, fluoro=True)  # the loop forms in the ascending aorta
             want = self._route_dir_px(route, route.arc_of(sup) - 1.0, route.arc_of(sup) + 10.0)
             best_phi, best = 0.0, -np.inf
             for k in range(int(360 / self.style.sweep_step_deg)):
@@ -363,12 +365,23 @@ class Autopilot:
                     best, best_phi = sc, phi
             yield from self._rotate_to(cath, best_phi)
             start = self._inserted(cath)
+            last_fix = start
             while self._inserted(cath) > start - 90.0 and not self.proc.terminated:
                 yield Controls(device=cath, advance_mm_s=-self.style.fine_speed_mm_s, fluoro=True)
+                if last_fix - self._inserted(cath) >= 4.0:  # keep the hook facing the origin while pulling back
+                    last_fix = self._inserted(cath)
+                    d = self.proc.device(cath)
+                    base = d.phi_deg if d is not None else 0.0
+                    scores = []
+                    for dphi in (0.0, -20.0, 20.0):
+                        yield from self._rotate_to(cath, (base + dphi) % 360.0)
+                        yield from self._pulse()
+                        scores.append((float(np.mean([self.dir_px[p][cath] @ want[p] for p in want])), dphi))
+                    yield from self._rotate_to(cath, (base + max(scores)[1]) % 360.0)
                 if self.proc.stack.devices and self._inserted(cath) < start - 5.0:
                     yield from self._pulse()
-                    if self._off_route_px(route, cath, route.arc_of(sup) + 2.0) < 6.0 and \
-                            self._inserted(cath) > route.arc_of(sup) - 30.0:
+                    inside = self._off_route_px(route, cath, route.arc_of(sup), window=(1.5, 12.0))
+                    if inside < 3.0:  # the tip's image sits in the vessel's first centimetre
                         wire = self._pick("guidewire")
                         yield from self._navigate(wire, route, route.arc_of(sup) + 40.0)
                         yield from self._move_to(cath, route.arc_of(sup) + 25.0)
@@ -421,6 +434,7 @@ class Autopilot:
                 yield from self._act(f"insert:{name}")
             yield from self._to_arch(wire, cath, guide)
             yield from self._select_vessel(cath, wire, route.labels[-1])
+            yield from self._move_to(wire, max(0.0, self._inserted(cath) - 40.0))  # free the lumen to inject
             yield from self._act("roadmap")
             yield from self._wait(2.5)
             wire_to = min(s_neck + 60.0, guide_limit + 30.0)

@@ -264,7 +264,7 @@ class Procedure:
                 self.wall_force_s[k] += self.dt
         if len(self.stack.visited) > self._last_visited:
             for lab in self.stack.visited[self._last_visited:]:
-                wrong = lab not in self._on_path
+                wrong = lab not in self._on_path and not (lab == "AO_ASC" and lead.reverse_curve)
                 self.log(self.time_s, "enter", branch=lab, device=lead.name, wrong_vessel=wrong)
                 if wrong:
                     self.wrong_vessel_entries += 1
