@@ -235,11 +235,39 @@ def bench_segment(repeats: int = 1) -> Iterator[dict[str, Any]]:
                "repeats": repeats}
 
 
+def bench_procedure(repeats: int = 3) -> Iterator[dict[str, Any]]:
+    """The expert autopilot on the default case, headless: without images, and with every
+    fluoroscopy pulse and acquisition frame rendered (NumPy, 256²) at its pulse rate."""
+    from iratrainer.scenario.case import default_case_path, load_case
+    from iratrainer.scenario.run import HeadlessRun
+
+    case = load_case(default_case_path())
+    HeadlessRun(case, "expert", 0, render=False).run()  # warm-up: compiled kernels, cached network
+    for render in (False, True):
+        factors, sims, imgs = [], [], 0
+        for k in range(repeats if not render else max(1, repeats // 2)):
+            hr = HeadlessRun(case, "expert", k, render=render)
+            t0 = time.perf_counter()
+            proc = hr.run()
+            wall = time.perf_counter() - t0
+            factors.append(proc.time_s / wall)
+            sims.append(proc.time_s)
+            imgs = hr.images_rendered
+        name = "procedure.realtime_factor_rendered" if render else "procedure.realtime_factor"
+        yield {"name": name, "value": round(float(statistics.median(factors)), 2), "unit": "x real time",
+               "workload": f"expert autopilot, default case ({case.id}), seeds 0..{len(factors) - 1}, "
+                           f"{statistics.median(sims):.0f} s simulated"
+                           + (f", {imgs} images of 256² rendered with the NumPy renderer" if render else
+                              ", no images"),
+               "repeats": len(factors)}
+
+
 GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "anatomy": bench_anatomy,
     "render": bench_render,
     "physics": bench_physics,
     "segment": bench_segment,
+    "procedure": bench_procedure,
 }
 
 

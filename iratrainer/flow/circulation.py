@@ -233,8 +233,8 @@ class Circulation:
         head = [t[lab].points_mm[-1] for lab in net.bed_label if any(s in lab for s in BLUSH_LABELS)]
         middle = np.mean(head, axis=0) if head else np.zeros(3)
         for k, lab in enumerate(net.bed_label):
-            if bed_c[k] <= 1e-3 or not any(s in lab for s in BLUSH_LABELS):
-                continue
+            if bed_c[k] <= 0.5 or not any(s in lab for s in BLUSH_LABELS):
+                continue  # below 0.5 mg/mL in the bed's blood the blush is invisible
             q_ml_min = self.baseline_bed_q[k] / ML_MIN
             v_tissue_ml = q_ml_min / TISSUE_CBF_ML_PER_ML_MIN
             v_blood_ml = self.contrast._vol[self.contrast._bed0 + k] / 1000.0

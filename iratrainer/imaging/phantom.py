@@ -11,6 +11,7 @@ skull; the cervical spine in front of the posterior neck; shoulders 380 mm apart
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +68,9 @@ def _mu(material: str, e_kev: float) -> float:
     return linear_attenuation_per_mm(material, e_kev)
 
 
+@functools.cache
 def default_phantom() -> Phantom:
-    """The average adult used when a case gives no CT."""
+    """The average adult used when a case gives no CT (one frozen instance, so renderers can cache it)."""
     P: list[Ellipsoid] = []
     head_c = (0.0, 12.0, 232.0)
     # --- head: scalp/brain (water) and skull shell (outer bone minus inner bone)

@@ -421,7 +421,8 @@ class Autopilot:
     def _prepare(self, route: _Route, guide_limit: float) -> Iterator[Controls]:
         """Access to the neck vessel: the guide there, a distal catheter, microcatheter and microwire in it."""
         p = self.proc
-        guide, dac, mc, mw = self._pick("guide"), self._pick("catheter"), self._pick("microcatheter"), self._pick("microwire")
+        guide, dac = self._pick("guide"), self._pick("catheter")
+        mc, mw = self._pick("microcatheter"), self._pick("microwire")
         wire = self._pick("guidewire")
         cath = self._arch_catheter()
         neck = self._neck_vessel(route)

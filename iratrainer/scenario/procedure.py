@@ -33,6 +33,7 @@ from iratrainer.flow.network import FlowNetwork
 from iratrainer.flow.thrombectomy import COMPOSITION, TICI_GRADES, PassTechnique, pass_outcome
 from iratrainer.imaging.dose import DoseMeter
 from iratrainer.imaging.geometry import CArmPlane, frontal, lateral
+from iratrainer.imaging.phantom import default_phantom
 from iratrainer.imaging.scene import DeviceShape, Scene
 from iratrainer.imaging.xray import TECHNIQUES
 from iratrainer.physics.catalogue import DeviceSpec, default_catalogue
@@ -634,9 +635,9 @@ class Procedure:
 
     def snapshot(self) -> Scene:
         """A frozen scene for the renderers: vessels with iodine, blush, devices, time."""
-        return Scene(self.tree, self.circ.segment_iodine(), self.device_shapes(), time_s=self.time_s,
-                     blob_centres_mm=self.circ.blobs()[0], blob_radii_mm=self.circ.blobs()[1],
-                     blob_iodine_mg_ml=self.circ.blobs()[2])
+        c, r, io = self.circ.blobs()
+        return Scene(self.tree, self.circ.segment_iodine(), self.device_shapes(), default_phantom(), self.time_s,
+                     c, r, io)
 
     def metrics(self) -> dict[str, Any]:
         """Every metric the event log supports so far (JSON-ready)."""
@@ -671,12 +672,16 @@ class Procedure:
 
 
 # ---------------------------------------------------------------------- control logs
-def save_control_log(path: str | Path, case: Case, seed: int, log: list[tuple[int, Controls]]) -> Path:
-    """Write the control log (only the steps where the controls change) as JSON."""
+def save_control_log(path: str | Path, case: Case, seed: int, log: list[tuple[int, Controls]],
+                     steps: int | None = None) -> Path:
+    """Write the control log (only the steps where the controls change) as JSON.
+
+    ``steps``: how many steps the session ran (the last controls hold until then).
+    """
     from iratrainer.anatomy.io import atomic_write_bytes
 
     payload = {"format": 1, "case": case.id, "case_hash": case.content_hash, "seed": seed, "dt_s": DT_S,
-               "controls": [[k, asdict(c)] for k, c in log]}
+               "steps": steps, "controls": [[k, asdict(c)] for k, c in log]}
     return atomic_write_bytes(path, json.dumps(payload, separators=(",", ":")).encode())
 
 
@@ -692,7 +697,11 @@ def load_control_log(path: str | Path) -> tuple[dict[str, Any], list[tuple[int, 
 
 
 def replay(case: Case, seed: int, log: list[tuple[int, Controls]], until_step: int | None = None) -> Procedure:
-    """Run a procedure from its control log (the controls hold until the next entry)."""
+    """Run a procedure from its control log (the controls hold until the next entry).
+
+    ``until_step``: stop there (default: one step after the last entry, or the end of the
+    procedure, whichever comes first).
+    """
     proc = Procedure(case, seed)
     cur = Controls()
     idx = 0

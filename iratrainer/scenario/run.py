@@ -128,7 +128,7 @@ def run_headless(case: Case, out_dir: str | Path, autopilot: str = "expert", see
                    "matrix": matrix if hr.render else None})
     try:
         (out / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
-        save_control_log(out / "controls.json", case, seed, hr.control_log)
+        save_control_log(out / "controls.json", case, seed, hr.control_log, proc.step_index)
         with open(out / "events.jsonl", "w", encoding="utf-8") as f:
             for e in proc.event_log():
                 f.write(json.dumps(e) + "\n")

@@ -1,0 +1,257 @@
+"""Cases, the rail device model, the Procedure, autopilots and headless runs (issue: cases and procedure)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+from iratrainer.cli import main
+from iratrainer.physics.catalogue import default_catalogue
+from iratrainer.scenario.case import CaseError, case_dirs, default_case_path, list_cases, load_case
+from iratrainer.scenario.procedure import (
+    PHASES,
+    Controls,
+    Procedure,
+    ProcedureError,
+    load_control_log,
+    replay,
+    save_control_log,
+)
+from iratrainer.scenario.run import HeadlessRun
+from iratrainer.scenario.track import RailStack, TrackDevice
+
+CASES = sorted(case_dirs()[0].glob("*.toml"))
+DEFAULT = default_case_path()
+
+
+# ---------------------------------------------------------------- case files
+def test_library_has_the_required_cases():
+    cases = list_cases()
+    ids = {c.id for c in cases}
+    assert len(cases) >= 12
+    assert sum(c.default for c in cases) == 1 and load_case(DEFAULT).id == "l-m1-type1-femoral"
+    occl = {(c.occlusions[0].branch if c.occlusions else None) for c in cases}
+    assert {"L_MCA_M1", "R_MCA_M1", "L_ICA", "L_MCA_M2_SUP", "BA"} <= occl
+    assert any(c.anatomy.get("arch") == "III" and "simmons2_5F" in c.devices for c in cases)
+    assert any(c.access == "right_radial" for c in cases)
+    assert any(len(c.occlusions) >= 2 for c in cases)  # tandem
+    assert sum(c.goal.kind == "navigate" for c in cases) >= 3
+    assert "nav-ica-not-eca" in ids
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_every_shipped_case_validates(path):
+    case = load_case(path)
+    tree = case.load_tree()
+    assert case.title["fr"] and case.title["en"] and case.vignette.text["fr"]
+    assert case.access_label(tree) in tree
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "case.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("change, msg", [
+    (("level = \"thrombectomy\"", "level = \"expert\""), "level: expected one of"),
+    (("format = 1", "format = 2"), "format: this version reads format 1"),
+    (("\"stent_retriever_4x40\"]", "\"stent_retreiver_4x40\"]"), "devices\\[7\\]: unknown device 'stent_retreiver_4x40' "
+                                                                "\\(closest: stent_retriever_4x40"),
+    (("age = 67", "age = \"old\""), "vignette.age: expected int"),
+    (("collateral_grade = 2", "collateral_grade = 7"), "collateral_grade: expected 0 to 4"),
+    (("access = \"right_femoral\"", "access = \"carotid\""), "access: expected one of"),
+    (("[goal]", "[goalx]"), "goal: missing"),
+    (("length_mm = 8.0", "length_mm = -8.0"), "occlusion\\[0\\].length_mm: expected > 0"),
+])
+def test_bad_case_files_name_the_file_and_the_field(tmp_path, change, msg):
+    text = DEFAULT.read_text(encoding="utf-8")
+    assert change[0] in text
+    p = _write(tmp_path, text.replace(change[0], change[1], 1))
+    with pytest.raises(CaseError, match=msg) as ei:
+        load_case(p)
+    assert str(p) in str(ei.value)
+
+
+def test_anatomy_mismatch_is_reported_at_tree_load(tmp_path):
+    text = DEFAULT.read_text(encoding="utf-8")
+    p = _write(tmp_path, text.replace("branch = \"L_MCA_M1\"", "branch = \"L_MCA_M7\"").replace(
+        "target = \"L_MCA_M1\"", "target = \"L_ICA\""))
+    with pytest.raises(CaseError, match="occlusion\\[0\\].branch: unknown branch 'L_MCA_M7'"):
+        load_case(p).load_tree()
+    p2 = _write(tmp_path, text.replace("start_mm = 8.0", "start_mm = 18.0"))
+    with pytest.raises(CaseError, match="runs beyond the end of L_MCA_M1"):
+        load_case(p2).load_tree()
+
+
+def test_cli_case_commands(tmp_path, capsys):
+    assert main(["case", "validate", str(DEFAULT)]) == 0
+    assert main(["case", "list", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == len(CASES) and sum(r["default"] for r in rows) == 1
+    broken = _write(tmp_path, "format = 1\nid = [")
+    assert main(["case", "validate", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and "not valid TOML" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------- the rail model
+def _choose(arch: str, device: str, phi: float, parent: str, s: float, direction: int) -> str | None:
+    tree = build_atlas(AtlasParams(arch=arch))
+    rs = RailStack(tree, "R_CFA")
+    dev = TrackDevice(default_catalogue()[device], phi_deg=phi)
+    travel = rs._opening(parent, s, direction)
+    w = rs.choose(dev, rs.ways(parent, s, direction), travel)
+    return w.label if w else None
+
+
+def test_torque_selects_ica_or_eca():
+    tree = build_atlas()
+    L = tree.length_mm("L_CCA")
+    picks = {_choose("I", "guidewire_035_angled", phi, "L_CCA", L, 1) for phi in range(0, 360, 30)}
+    assert picks == {"L_ICA", "L_ECA"}  # the hub angle decides
+
+
+def test_type_three_arch_needs_a_reverse_curve():
+    for arch, ok in (("I", True), ("III", False)):
+        tree = build_atlas(AtlasParams(arch=arch))
+        sj = float(tree["AO_ARCH"].arc_mm[tree["L_CCA"].parent_index])
+        got = {_choose(arch, "vertebral_5F", phi, "AO_ARCH", sj, -1) for phi in range(0, 360, 15)}
+        assert ("L_CCA" in got) is ok
+
+
+def test_catheter_does_not_fit_small_vessels_and_stops_at_clot():
+    tree = build_atlas()
+    rs = RailStack(tree, "R_CFA")
+    dev = TrackDevice(default_catalogue()["balloon_guide_8F"])
+    assert not rs._fits(dev, "L_MCA_M1", 0.0, 1)
+    assert rs._fits(TrackDevice(default_catalogue()["microwire_014"]), "L_MCA_M2_SUP_C1", 0.0, 1)
+
+
+# ---------------------------------------------------------------- procedure
+@pytest.fixture(scope="module")
+def nav_run():
+    case = load_case(case_dirs()[0] / "nav-ica-not-eca.toml")
+    hr = HeadlessRun(case, "expert", 3, render=False)
+    hr.run()
+    return case, hr
+
+
+def test_navigation_case_succeeds_and_replays_bit_for_bit(nav_run, tmp_path):
+    case, hr = nav_run
+    assert hr.proc.outcome == "success"
+    path = save_control_log(tmp_path / "c.json", case, 3, hr.control_log, hr.proc.step_index)
+    header, log = load_control_log(path)
+    assert header["case_hash"] == case.content_hash
+    again = replay(case, header["seed"], log, header["steps"])
+    assert json.dumps(again.event_log()) == json.dumps(hr.proc.event_log())
+    assert again.metrics() == hr.proc.metrics()
+
+
+def test_broken_control_log(tmp_path):
+    p = tmp_path / "bad.json"
+    p.write_text("{\"controls\": [[1, {\"nope\": 1}]]}")
+    with pytest.raises(ProcedureError, match="not a control log"):
+        load_control_log(p)
+
+
+def test_refused_actions_are_logged_not_raised():
+    proc = Procedure(load_case(DEFAULT), 0)
+    for a in ("insert:multipurpose_5F", "remove:balloon_guide_8F", "dsa", "inject:5:3", "balloon:on",
+              "carm:sideways:0:0", "frobnicate", "insert:microwire_014", "insert:microcatheter_021"):
+        proc.step(Controls(action=a))
+    refused = [e for e in proc.events if e.kind == "refused"]
+    assert len(refused) == 8  # all but inserting the microwire
+    assert any("no lumen" in e.data["reason"] for e in refused)
+    assert proc.outcome is None
+    proc.step(Controls(device="ghost", advance_mm_s=10))
+    assert proc.events[-1].kind == "refused"
+
+
+def test_dose_and_contrast_are_tallied():
+    proc = Procedure(load_case(DEFAULT), 0)
+    for a in ("insert:balloon_guide_8F",):
+        proc.step(Controls(action=a))
+    for _ in range(150):
+        proc.step(Controls(device="balloon_guide_8F", advance_mm_s=40.0, fluoro=True))
+    assert proc.dose.fluoro_time_s == pytest.approx(2 * 150 * proc.dt, rel=0.1)  # biplane, pedal held 5 s
+    proc.step(Controls(action="dsa:3"))
+    for _ in range(100):
+        proc.step(Controls())
+    assert proc.contrast_ml == 7.0 and proc.dsa_runs == 1  # a selective run: 7 mL at 5 mL/s
+    m = proc.metrics()
+    assert m["dap_gy_cm2"] > 0 and m["kar_mgy"] > 0
+
+
+def test_time_limit_truncates():
+    case = replace(load_case(DEFAULT), time_limit_min=0.05)
+    proc = Procedure(case, 0)
+    while not proc.terminated:
+        proc.step(Controls())
+    assert proc.outcome == "time_limit" and proc.events[-1].data["reason"] == "time_limit"
+
+
+def test_cli_run_writes_result_controls_events_and_cine(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", "nav-arch-lcca", "--headless", "--autopilot", "expert", "--out", str(out), "--cine",
+                 "--matrix", "128"]) == 0
+    res = json.loads((out / "result.json").read_text())
+    for key in ("outcome", "procedure_time_s", "phases", "passes", "tici", "complications", "fluoro_time_s",
+                "dap_gy_cm2", "kar_mgy", "contrast_ml", "realtime_factor"):
+        assert key in res
+    assert res["outcome"] == "success"
+    assert (out / "controls.json").exists() and (out / "events.jsonl").read_text().count("\n") > 5
+    dcm = sorted((out / "cine").glob("*.dcm"))
+    assert dcm, "the roadmap run should be written as DICOM"
+    import pydicom
+
+    ds = pydicom.dcmread(dcm[0])
+    assert ds.Modality == "XA" and int(ds.NumberOfFrames) >= 2
+    from PIL import Image
+
+    gif = Image.open(out / "cine" / "procedure.gif")
+    assert gif.n_frames > 3
+    frame = np.asarray(gif.convert("L"), dtype=float)
+    assert frame.std() > 5.0  # an image, not a blank
+
+
+def test_cli_run_errors(tmp_path, capsys):
+    assert main(["run", "no-such-case", "--headless", "--autopilot", "expert", "--out", str(tmp_path)]) == 2
+    assert "no such case" in capsys.readouterr().err
+    assert main(["run", str(DEFAULT), "--headless", "--out", str(tmp_path)]) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["run", "nav-arch-lcca", "--headless", "--autopilot", "expert", "--out", str(blocker / "sub"),
+                 "--no-render"]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- long runs
+@pytest.mark.slow
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_every_shipped_case_completes_with_the_expert(path):
+    hr = HeadlessRun(load_case(path), "expert", 0, render=False)
+    proc = hr.run()
+    assert proc.outcome == "success", proc.events[-3:]
+    if proc.case.goal.kind == "thrombectomy":
+        assert set(PHASES) - {"cca_access_roadmap", "arch_navigation"} <= set(proc.phases) or \
+            proc.case.access == "model_root" or len(proc.phases) >= 8
+
+
+@pytest.mark.slow
+def test_default_case_expert_and_novice():
+    case = load_case(DEFAULT)
+    ex = HeadlessRun(case, "expert", 1, render=False)
+    ex.run()
+    assert ex.proc.outcome == "success" and set(PHASES) <= set(ex.proc.phases)
+    nv = HeadlessRun(case, "novice", 1, render=False)
+    nv.run()
+    assert nv.proc.outcome in ("success", "ended")
+    assert nv.proc.metrics()["fluoro_time_s"] > ex.proc.metrics()["fluoro_time_s"]
+    again = replay(case, 1, ex.control_log, ex.proc.step_index)
+    assert json.dumps(again.event_log()) == json.dumps(ex.proc.event_log())
