@@ -239,8 +239,12 @@ def test_every_shipped_case_completes_with_the_expert(path):
     proc = hr.run()
     assert proc.outcome == "success", proc.events[-3:]
     if proc.case.goal.kind == "thrombectomy":
-        assert set(PHASES) - {"cca_access_roadmap", "arch_navigation"} <= set(proc.phases) or \
-            proc.case.access == "model_root" or len(proc.phases) >= 8
+        need = {"access", "guide_placement", "retrieval", "control_dsa", "full_angiogram", "device_removal"}
+        if proc.case.access != "model_root":
+            need |= {"arch_navigation", "cca_access_roadmap"}
+        if any(p["technique"] == "stent_retriever" for p in proc.passes):
+            need |= {"crossing", "deployment"}
+        assert need <= set(proc.phases), need - set(proc.phases)
 
 
 @pytest.mark.slow

@@ -475,7 +475,11 @@ class Autopilot:
                 yield from self._aspirate(k)
             else:
                 yield from self._stent_passes(k)
-        # final angiogram from the guide, then everything out
+        # final angiogram from the guide (the micro devices out first), then everything out
+        for name in [d.name for d in reversed(p.stack.devices) if d.spec.kind in ("microwire", "microcatheter",
+                                                                                  "stent_retriever")]:
+            yield from self._move_to(name, 0.0)
+            yield from self._act(f"remove:{name}")
         dac = self._pick("catheter")
         yield from self._move_to(dac, max(0.0, self._inserted(guide) - 10.0))
         yield from self._act("dsa")

@@ -566,6 +566,12 @@ class Procedure:
         self.phases[name] = self.time_s
         self.log(self.time_s, "phase", phase=name)
 
+    def _supra_aortic(self, lab: str) -> bool:
+        """A vessel of the route that leaves the aortic arch (CCA, subclavian, vertebral...)."""
+        anc = self.tree.ancestors(lab)
+        return (lab in self._on_path and "AO_ARCH" in anc[1:]
+                and not anc[anc.index("AO_ARCH") - 1].startswith("AO"))
+
     def _phases(self) -> None:
         if not self.stack.devices:
             if self.passes and "device_removal" not in self.phases and "retrieval" in self.phases:
@@ -577,13 +583,11 @@ class Procedure:
         t = self.tree
         lead = max(self.stack.devices, key=lambda d: d.inserted_mm)
         lab = self.stack.label_at(lead.inserted_mm)
-        if "arch_navigation" not in self.phases and lab in self._on_path:
-            anc = t.ancestors(lab)
-            if "AO_ARCH" in anc[1:] and not anc[anc.index("AO_ARCH") - 1].startswith("AO"):
-                self._phase("arch_navigation")  # the tip is in a supra-aortic vessel on the way
+        if "arch_navigation" not in self.phases and self._supra_aortic(lab):
+            self._phase("arch_navigation")  # the tip is in a supra-aortic vessel on the way
         cath = self._injecting_catheter()
         if "cca_access_roadmap" not in self.phases and cath is not None and self.roadmap_planes \
-                and self.stack.label_at(cath.inserted_mm).endswith("CCA"):
+                and self._supra_aortic(self.stack.label_at(cath.inserted_mm)):
             self._phase("cca_access_roadmap")
         guide = self._device_of_kind("guide")
         if guide is not None and "guide_placement" not in self.phases:
