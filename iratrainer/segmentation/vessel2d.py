@@ -103,7 +103,7 @@ def segment_run(run: Run2D, progress: Callable[[str, float], None] | None = None
     branches = []
     for br in _trace_branches(skel):
         r = edt[tuple(br.T)]
-        if len(br) < max(6.0, 2.0 * float(np.median(r))):
+        if len(br) < max(6.0, 2.0 * float(np.median(r)), 2.0 * float(np.max(r))):  # spurs of thick vessels
             continue
         P = br.astype(np.float64)
         if len(P) >= 5:
