@@ -448,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     cn = csub.add_parser("new", help="a case from a DICOM CTA/MRA/3D-RA: segment, label, write")
     cn.add_argument("--from-dicom", dest="inputs", nargs="+", required=True, help="DICOM files or folders")
     cn.add_argument("--occlusion", required=True, help="branch label to occlude (e.g. L_MCA_M1)")
-    cn.add_argument("--access", default="right_femoral", help="access site (default right_femoral)")
+    cn.add_argument("--access", default="model_root", help="access: model_root (a head model starts at its root)")
     cn.add_argument("--out", required=True, help="the case file to write (cases/NAME.toml)")
     cn.add_argument("--quiet", action="store_true", help="no progress bar")
     cs.set_defaults(func=_cmd_case)

@@ -259,3 +259,38 @@ def test_default_case_expert_and_novice():
     assert nv.proc.metrics()["fluoro_time_s"] > ex.proc.metrics()["fluoro_time_s"]
     again = replay(case, 1, ex.control_log, ex.proc.step_index)
     assert json.dumps(again.event_log()) == json.dumps(ex.proc.event_log())
+
+
+# ---------------------------------------------------------------- authoring from DICOM
+def test_shipped_segmented_case_has_atlas_labels():
+    case = load_case(case_dirs()[0] / "seg-l-m1-cta.toml")
+    tree = case.load_tree()
+    assert {"L_ICA", "L_MCA_M1", "L_ACA_A1", "L_MCA_M2_SUP", "L_MCA_M2_INF"} <= set(tree.labels)
+    assert case.access == "model_root" and "segment" in json.dumps(tree.metadata).lower()
+
+
+def test_case_new_refuses_a_2d_run_and_unknown_labels(tmp_path, capsys):
+    run = tmp_path / "dsa.dcm"
+    assert main(["render", "--atlas", "I", "--mode", "dsa", "--size", "64", "--inject", "L_ICA", "--no-devices",
+                 "--out", str(run)]) == 0
+    assert main(["case", "new", "--from-dicom", str(run), "--occlusion", "L_MCA_M1", "--out",
+                 str(tmp_path / "x.toml"), "--quiet"]) == 2
+    assert "2-D run" in capsys.readouterr().err
+    assert main(["case", "new", "--from-dicom", str(run), "--occlusion", "L_MCA_M1", "--out",
+                 str(tmp_path / "x.txt"), "--quiet"]) == 2
+
+
+@pytest.mark.slow
+def test_case_from_a_ct_series_validates_and_plays(tmp_path):
+    from iratrainer.segmentation.phantom import cta_volume, subtree, write_ct_series
+
+    ph = cta_volume(subtree(build_atlas(), "L_ICA", depth=2), voxel_mm=0.6, margin_mm=5.0, seed=3)
+    write_ct_series(ph, tmp_path / "ct", seed=3)
+    (tmp_path / "cases").mkdir()
+    out = tmp_path / "cases" / "mine.toml"
+    assert main(["case", "new", "--from-dicom", str(tmp_path / "ct"), "--occlusion", "L_MCA_M1", "--out", str(out),
+                 "--quiet"]) == 0
+    assert (tmp_path / "cases" / "models" / "mine.vessels.json").exists()
+    assert (tmp_path / "cases" / "models" / "mine.png").exists()
+    hr = HeadlessRun(load_case(out), "expert", 0, render=False)
+    assert hr.run().outcome == "success"

@@ -358,12 +358,17 @@ class FlowNetwork:
             key_of.append(key)
         target = np.zeros(n_beds)
         r3 = self.bed_radius_mm ** 3
+        keys = sorted({k for k in key_of if k is not None})
+        named = sum(territories[k] for k in keys) * ML_MIN
+        # a partial tree (a segmented head) may carry less than the named territories' sum:
+        # they then share 95 % of the inflow in their published proportions
+        scale = min(1.0, 0.95 * self.inflow_mm3_s / named) if named > 0 else 1.0
         assigned = 0.0
-        for key in {k for k in key_of if k is not None}:
+        for key in keys:
             members = [i for i, k in enumerate(key_of) if k == key]
             share = r3[members] / r3[members].sum()
-            target[members] = territories[key] * ML_MIN * share
-            assigned += territories[key] * ML_MIN
+            target[members] = territories[key] * ML_MIN * scale * share
+            assigned += territories[key] * ML_MIN * scale
         rest = [i for i, k in enumerate(key_of) if k is None]
         remainder = self.inflow_mm3_s - assigned
         if rest:

@@ -218,7 +218,8 @@ class Procedure:
 
     def _injecting_catheter(self) -> Any:
         """The catheter contrast goes through: the innermost catheter whose tip is furthest in."""
-        cands = [d for d in self.stack.devices if d.spec.has_lumen and d.inserted_mm > 50.0]
+        min_in = 5.0 if self.case.access == "model_root" else 50.0  # beyond the sheath
+        cands = [d for d in self.stack.devices if d.spec.has_lumen and d.inserted_mm > min_in]
         if not cands:
             return None
         return max(cands, key=lambda d: (d.inserted_mm, d.spec.inner_diameter_mm))
@@ -426,7 +427,7 @@ class Procedure:
             if mc.inserted_mm >= stent.inserted_mm - 1.0:
                 self._stent_was_sheathed = True
             unsheathed = self._stent_was_sheathed and mc.inserted_mm <= prox + 1.0
-            if self._deploy is None and unsheathed and stent.inserted_mm > 300:
+            if self._deploy is None and unsheathed and prox > 0.0:
                 cov, k = self._coverage(prox, stent.inserted_mm - off)
                 self._deploy = _Deployment(self.time_s, stent.inserted_mm, cov, k)
                 self.log(self.time_s, "deploy", coverage=round(cov, 3), branch=self.stack.label_at(stent.inserted_mm - off))
