@@ -9,7 +9,9 @@ CORE = ["iratrainer.anatomy", "iratrainer.anatomy.atlas", "iratrainer.anatomy.io
         "iratrainer.anatomy.lumen", "iratrainer.anatomy.tree", "iratrainer.physics.catalogue",
         "iratrainer.physics.chain", "iratrainer.physics.solver", "iratrainer.physics.stack",
         "iratrainer.physics.validate", "iratrainer.flow.network", "iratrainer.flow.contrast",
-        "iratrainer.flow.thrombectomy", "iratrainer.flow.circulation", "iratrainer.flow.validate"]
+        "iratrainer.flow.thrombectomy", "iratrainer.flow.circulation", "iratrainer.flow.validate",
+        "iratrainer.scenario.case", "iratrainer.scenario.track", "iratrainer.scenario.procedure",
+        "iratrainer.scenario.autopilot", "iratrainer.scenario.authoring"]
 
 BLOCK = """
 import sys, importlib.abc
