@@ -44,12 +44,13 @@ def main() -> int:
     before = run(circ, tree, 7.0, 1)
     circ.apply_pass(circ.clots[0], PassOutcome(1.0, 0, False, 1.0))
     circ.advance(20.0)
-    after = run(circ, tree, 7.0, 2)
+    after = run(circ, tree, 8.0, 2)
     frac, grade = circ.reperfusion()
     pick = [(before, 1.2, "M1 occluded, arterial phase (1.2 s)"),
             (before, 6.0, "M1 occluded, late (6 s): collateral filling"),
-            (after, 1.2, "after the pass, arterial phase"), (after, 3.5, f"after the pass, capillary (mTICI {grade})")]
-    fig, ax = plt.subplots(1, 4, figsize=(20, 5.6))
+            (after, 1.2, "after the pass, arterial phase"), (after, 3.5, f"after the pass, capillary (mTICI {grade})"),
+            (after, 6.7, "after the pass, venous phase")]
+    fig, ax = plt.subplots(1, 5, figsize=(25, 5.6))
     for a, (frames, t, title) in zip(ax, pick, strict=True):
         f = min(frames[1:], key=lambda fr: abs((fr.time_s - frames[0].time_s) - t))
         a.imshow(f.display, cmap="gray", vmin=0, vmax=1)

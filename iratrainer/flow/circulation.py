@@ -28,6 +28,38 @@ BLUSH_LABELS = ("MCA", "ACA", "PCA", "OPH", "ECA")
 LEAK_FRACTION = 0.03  # of the vessel's baseline flow through a perforation
 SUBARACHNOID_DILUTION = 4.0  # leaked blood spreads into this many times its volume
 SYRINGE_ML = {"hand": 10.0, "power": 150.0}
+VENOUS_MTT_S = 4.5  # cortical veins to the sinuses: the venous phase peaks ~4-6 s after the arterial
+VENOUS_STAGES = 3  # compartments in series (a gamma-shaped transit); the last is the sinuses
+SINUS_RADIUS_MM = 4.0
+
+
+def _sinus_path() -> np.ndarray:
+    """Dural sinuses along the inner table of the default head (LPS mm, atlas frame): the
+    superior sagittal sinus from the frontal pole over the vertex to the torcula, both
+    transverse and sigmoid sinuses, and the jugular bulbs."""
+    phi = np.radians(np.arange(-70.0, 116.0, 6.0))
+    sss = np.c_[np.zeros_like(phi), 12.0 + 84.0 * np.sin(phi), 232.0 + 74.0 * np.cos(phi)]
+    torcula = sss[-1]
+    parts = [sss]
+    for side in (-1.0, 1.0):
+        x = np.arange(6.0, 56.0, 6.0)
+        trans = np.c_[side * x, 12.0 + 76.0 * np.sqrt(np.clip(1.0 - (x / 64.0) ** 2, 0.0, 1.0)),
+                      np.full_like(x, torcula[2])]
+        sig = np.linspace([side * 55.0, 50.0, torcula[2] - 4.0], [side * 45.0, 30.0, 170.0], 6)
+        jug = np.linspace([side * 45.0, 28.0, 164.0], [side * 40.0, 22.0, 120.0], 7)
+        parts += [trans, sig, jug]
+    pts = np.vstack(parts)
+    out = [pts[0]]
+    for a, b in zip(pts[:-1], pts[1:], strict=True):  # resample every ~2 mm: a smooth tube of spheres
+        n = max(1, int(np.ceil(np.linalg.norm(b - a) / SINUS_STEP_MM)))
+        out += [a + (b - a) * (k / n) for k in range(1, n + 1)]
+    return np.array(out)
+
+
+SINUS_STEP_MM = 2.0
+# overlapping spheres every 2 mm sum to about 3.2x the chord of a tube of the same radius (measured)
+SINUS_OVERLAP = 3.2
+SINUS_PATH_MM = _sinus_path()
 
 
 class InjectionError(ValueError):
@@ -86,6 +118,7 @@ class Circulation:
         self.clots = [ClotState(c, c.start_mm, c.length_mm) for c in clots]
         self.emboli = _Emboli()
         self.extravasations: list[Extravasation] = []
+        self.venous_mg_ml = np.zeros(VENOUS_STAGES)  # iodine in the venous stages, mg/mL
         self.dissected: list[int] = []
         self._device_radius = np.zeros(len(net.cell_a))
         self._balloon_cell = -1
@@ -93,6 +126,8 @@ class Circulation:
         self.flow_solves = 0
         self._apply()
         self.contrast = ContrastField(net)
+        self._head_beds = np.array([k for k, lab in enumerate(net.bed_label)
+                                    if any(x in lab for x in ("MCA", "ACA", "PCA", "OPH"))], dtype=np.int64)
         self.solution = self._solve()
         occl = self.net.solve(collaterals=False)
         self.baseline_bed_q = net.baseline.bed_q.copy()
@@ -197,6 +232,26 @@ class Circulation:
             ex.iodine_mg += c * ex.leak_mm3_s * dt_s / 1000.0
         del q
         self.contrast.advance(dt_s)
+        self._venous(dt_s)
+
+    def _venous(self, dt_s: float) -> None:
+        """The head's venous return: beds drain into compartments in series (the last: the sinuses)."""
+        head = self._head_beds
+        if head.size == 0:
+            return
+        q = self.solution.bed_q[head]
+        inflow = float(np.sum(q * self.contrast.bed_iodine[head]))
+        qt = float(np.sum(q))
+        if inflow <= 1e-9 and float(self.venous_mg_ml.max()) <= 1e-6:
+            self.venous_mg_ml[:] = 0.0
+            return
+        v_stage = max(self.net.baseline.bed_q[head].sum(), 1e-9) * VENOUS_MTT_S / VENOUS_STAGES
+        n = max(1, int(np.ceil(dt_s / 0.05)))
+        h = dt_s / n
+        c = self.venous_mg_ml
+        for _ in range(n):
+            feed = np.concatenate([[inflow / max(qt, 1e-12)], c[:-1]])
+            c += h * qt / v_stage * (feed - c)
 
     @property
     def time_s(self) -> float:
@@ -245,6 +300,11 @@ class Circulation:
             cent.append(end + inward / dist * min(0.9 * r, 0.5 * dist) if dist > 1e-6 else end)
             rad.append(r)
             conc.append(bed_c[k] * v_blood_ml / v_tissue_ml)
+        if self.venous_mg_ml[-1] > 0.5 and self.tree.labels[0] == "AO_ASC":  # the venous phase: the sinuses
+            n = len(SINUS_PATH_MM)
+            cent += list(SINUS_PATH_MM)
+            rad += [SINUS_RADIUS_MM] * n
+            conc += [float(self.venous_mg_ml[-1]) / SINUS_OVERLAP] * n
         for ex in self.extravasations:
             if ex.iodine_mg <= 0:
                 continue
