@@ -306,7 +306,8 @@ def _cmd_case(args: argparse.Namespace) -> int:
         ok = True
         for path in args.paths:
             case = load_case(path)  # structure, values, devices
-            case.load_tree()  # the anatomy has what the case names
+            tree = case.load_tree()  # the anatomy has what the case names
+            case.load_background(tree)  # a background CT, when named, contains the model
             print(f"ok: {path} ({case.id}, {case.level}, difficulty {case.difficulty})")
         return 0 if ok else 1
     if args.case_cmd == "list":

@@ -345,3 +345,25 @@ def test_gl_fallback_warns_and_uses_numpy(monkeypatch):
     r = gl.make_gl_renderer(msgs.append)
     assert type(r) is CpuRenderer
     assert "eglInitialize failed (test)" in msgs[0] and "NumPy renderer" in msgs[0]
+
+
+def test_ct_background_matches_beer_lambert_through_a_water_sphere():
+    from iratrainer.imaging.ct_background import CtBackground, hu_to_mu
+
+    n, vox, radius = 120, 1.0, 40.0
+    z, y, x = np.mgrid[0:n, 0:n, 0:n].astype(float)
+    c = (n - 1) / 2.0
+    hu = np.where((x - c) ** 2 + (y - c) ** 2 + (z - c) ** 2 <= (radius / vox) ** 2, 0.0, -1000.0)
+    aff = np.eye(4) * vox
+    aff[3, 3] = 1.0
+    centre = np.array([0.0, 5.0, 215.0])  # the default isocentre
+    aff[:3, 3] = centre - c * vox
+    bg = CtBackground(hu.astype(np.float32), aff, "sphere")
+    p = frontal(matrix=128, fov_cm=22.0)
+    e = 50.0
+    L = bg.line_integrals(p, e)
+    mu_w = float(hu_to_mu(np.array([0.0]), e)[0])
+    centre_px = L[63:65, 63:65].mean()
+    assert centre_px == pytest.approx(mu_w * 2 * radius, rel=0.02)
+    assert L[0, 0] == 0.0 or L[0, 0] < 0.05 * centre_px  # outside the sphere: air
+    assert float(hu_to_mu(np.array([1900.0]), e)[0]) > 2.5 * mu_w  # bone attenuates more

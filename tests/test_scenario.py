@@ -294,3 +294,46 @@ def test_case_from_a_ct_series_validates_and_plays(tmp_path):
     assert (tmp_path / "cases" / "models" / "mine.png").exists()
     hr = HeadlessRun(load_case(out), "expert", 0, render=False)
     assert hr.run().outcome == "success"
+
+
+def _ct_case(tmp_path: Path, shift_mm: float) -> Path:
+    """The shipped segmented case, with a synthetic CT series of the same patient as background."""
+    import shutil
+
+    from iratrainer.segmentation.phantom import cta_volume, subtree, write_ct_series
+
+    src = case_dirs()[0]
+    (tmp_path / "models").mkdir()
+    shutil.copy(src / "models" / "seg-l-m1-cta.vessels.json", tmp_path / "models")
+    tree = subtree(build_atlas(), "L_ICA", depth=2)
+    ph = cta_volume(tree, voxel_mm=2.0, margin_mm=12.0, seed=1)
+    ph.affine[:3, 3] += shift_mm
+    write_ct_series(ph, tmp_path / "ct", seed=1)
+    text = (src / "seg-l-m1-cta.toml").read_text(encoding="utf-8")
+    text = text.replace('model = "models/seg-l-m1-cta.vessels.json"',
+                        'model = "models/seg-l-m1-cta.vessels.json"\nbackground_ct = "ct"')
+    p = tmp_path / "ct-case.toml"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_case_with_a_background_ct(tmp_path):
+    from iratrainer.imaging.ct_background import CtBackground
+    from iratrainer.imaging.geometry import frontal
+    from iratrainer.imaging.render import CpuRenderer
+
+    case = load_case(_ct_case(tmp_path, 0.0))
+    proc = Procedure(case, 0)
+    assert isinstance(proc.phantom, CtBackground)
+    scene = proc.snapshot()
+    lo, hi = proc.tree.bounds_mm()
+    plane = frontal(matrix=96, isocentre_mm=tuple((lo + hi) / 2), fov_cm=22.0)
+    bg = CpuRenderer().background(scene, plane, 50.0)
+    assert bg.max() > 1.0  # the CT (tissue, bone) attenuates the beam
+    assert main(["case", "validate", str(case.path)]) == 0
+
+
+def test_background_ct_of_another_patient_is_refused(tmp_path, capsys):
+    p = _ct_case(tmp_path, 300.0)
+    assert main(["case", "validate", str(p)]) == 2
+    assert "does not contain the vessel model" in capsys.readouterr().err

@@ -343,7 +343,9 @@ class GlRenderer(CpuRenderer):
         c, r, s, mu = scene.phantom.arrays(e_kev)
         GL = self.ctx.GL
         K = len(c)
-        if K == 0:
+        if hasattr(scene.phantom, "line_integrals"):  # a patient's CT: the shared CPU ray marcher
+            bg = np.array(scene.phantom.line_integrals(plane, e_kev))
+        elif K == 0:
             bg = np.zeros((plane.matrix, plane.matrix))
         else:
             inv = np.transpose(r, (0, 2, 1)) / s[:, :, None]

@@ -132,8 +132,11 @@ class CpuRenderer:
         key = (plane.key(), round(e_kev, 3), id(scene.phantom))
         bg = self._bg_cache.get(key)
         if bg is None:
-            c, r, s, mu = scene.phantom.arrays(e_kev)
-            bg = ellipsoid_integrals(plane, c, r, s, mu)
+            if hasattr(scene.phantom, "line_integrals"):  # a patient's CT (imaging.ct_background)
+                bg = scene.phantom.line_integrals(plane, e_kev)
+            else:
+                c, r, s, mu = scene.phantom.arrays(e_kev)
+                bg = ellipsoid_integrals(plane, c, r, s, mu)
             bg.flags.writeable = False
             if len(self._bg_cache) > 16:
                 self._bg_cache.clear()

@@ -72,7 +72,7 @@ class Scene:
     tree: VesselTree
     iodine_mg_ml: np.ndarray
     devices: tuple[DeviceShape, ...] = ()
-    phantom: Phantom = field(default_factory=default_phantom)
+    phantom: Phantom = field(default_factory=default_phantom)  # or an imaging.ct_background.CtBackground
     time_s: float = 0.0
     blob_centres_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
     blob_radii_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))

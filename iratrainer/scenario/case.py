@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+
+import numpy as np
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -118,6 +120,36 @@ class Case:
         self.check_tree(tree)
         return tree
 
+    def load_background(self, tree: VesselTree | None = None) -> Any:
+        """The patient's CT named by ``anatomy.background_ct`` (None: the default phantom).
+
+        Raises :class:`CaseError` when the series cannot be read, is not a volume, or does
+        not contain the vessel model (they must share the patient's frame).
+        """
+        rel = self.anatomy.get("background_ct")
+        if not rel:
+            return None
+        from iratrainer.imaging.ct_background import CtBackground
+        from iratrainer.segmentation.dicom_io import Volume, read_dicom
+
+        where = f"{self.path}: anatomy.background_ct"
+        try:
+            vol = read_dicom([self.path.parent / rel])
+        except IratrainerError as exc:
+            raise CaseError(f"{where}: {exc}") from None
+        if not isinstance(vol, Volume):
+            raise CaseError(f"{where}: a 2-D run is not a CT volume")
+        bg = CtBackground(np.asarray(vol.voxels, dtype=np.float32), np.asarray(vol.affine, dtype=np.float64),
+                          str(rel))
+        if tree is not None:
+            lo, hi = bg.bounds_mm()
+            tlo, thi = tree.bounds_mm()
+            inside = np.all(tlo >= lo - 5.0) and np.all(thi <= hi + 5.0)
+            if not inside:
+                raise CaseError(f"{where}: the CT ({np.round(lo)}-{np.round(hi)} mm) does not contain the vessel "
+                                f"model ({np.round(tlo)}-{np.round(thi)} mm): they must come from the same patient")
+        return bg
+
     def check_tree(self, tree: VesselTree) -> None:
         """Raise :class:`CaseError` if the model does not have what the case names."""
         from iratrainer.flow.thrombectomy import ClotError
@@ -195,6 +227,10 @@ def load_case(path: str | Path) -> Case:
         raise CaseError(f"{wv}.nihss: expected 0 to 42, got {vignette.nihss}")
     anatomy = dict(_get(data, "anatomy", dict, w))
     wa = f"{w}.anatomy"
+    if "background_ct" in anatomy:
+        _get(anatomy, "background_ct", str, wa)
+        if not (p.parent / anatomy["background_ct"]).exists():
+            raise CaseError(f"{wa}.background_ct: not found: {p.parent / anatomy['background_ct']}")
     if "model" in anatomy:
         _get(anatomy, "model", str, wa)
         if not (p.parent / anatomy["model"]).is_file():

@@ -116,6 +116,20 @@ def _tree_and_network(case: Case) -> tuple[VesselTree, FlowNetwork]:
     return hit
 
 
+_BACKGROUND_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _background(case: Case, tree: VesselTree) -> Any:
+    """The case's CT background, loaded once per case file version."""
+    if not case.anatomy.get("background_ct"):
+        return None
+    key = (str(case.path.resolve()), case.content_hash)
+    if key not in _BACKGROUND_CACHE:
+        _BACKGROUND_CACHE.clear()
+        _BACKGROUND_CACHE[key] = case.load_background(tree)
+    return _BACKGROUND_CACHE[key]
+
+
 class Procedure:
     """One procedure on one case (see the module docstring).
 
@@ -128,6 +142,7 @@ class Procedure:
         self.case = case
         self.seed = int(seed)
         self.tree, net = _tree_and_network(case)
+        self.phantom = _background(case, self.tree) or default_phantom()
         self.rng = np.random.default_rng([case.seed, self.seed])
         self.catalogue = default_catalogue()
         self.circ = Circulation(net, list(case.occlusions), self.rng)
@@ -641,7 +656,7 @@ class Procedure:
     def snapshot(self) -> Scene:
         """A frozen scene for the renderers: vessels with iodine, blush, devices, time."""
         c, r, io = self.circ.blobs()
-        return Scene(self.tree, self.circ.segment_iodine(), self.device_shapes(), default_phantom(), self.time_s,
+        return Scene(self.tree, self.circ.segment_iodine(), self.device_shapes(), self.phantom, self.time_s,
                      c, r, io)
 
     def metrics(self) -> dict[str, Any]:
