@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-
-import numpy as np
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
