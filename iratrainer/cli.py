@@ -102,23 +102,35 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from iratrainer.imaging.render import ImageOptions
     from iratrainer.imaging.scene import Scene, contrast_downstream, static_stack
 
-    if args.case:
-        raise IratrainerError(f"{args.case}: case files are not supported yet (they arrive with the "
-                              "cases-and-procedure work); use --atlas or --model")
     out = Path(args.out)
     suffix = out.suffix.lower()
     if suffix not in (".png", ".dcm"):
         raise IratrainerError(f"{out}: output must end in .png or .dcm")
     if not out.parent.is_dir():
         raise IratrainerError(f"{out}: folder {out.parent} does not exist")
-    tree = load_vessels(args.model) if args.model else build_atlas(AtlasParams(arch=args.atlas or "I"))
-    inject = args.inject or ("L_CCA" if "L_CCA" in tree else tree.root)
+    circ = None
+    phantom = None
+    if args.case:  # the case's anatomy, background, clots and flow: a run injected upstream of the target
+        from iratrainer.flow.circulation import Circulation
+        from iratrainer.flow.network import FlowNetwork
+        from iratrainer.scenario.case import load_case, resolve_case
+
+        case = load_case(resolve_case(args.case))
+        tree = case.load_tree()
+        phantom = case.load_background(tree)
+        circ = Circulation(FlowNetwork(tree, collateral_grade=case.collateral_grade), list(case.occlusions))
+        route = tree.path(case.access_label(tree), case.goal.target)
+        neck = next((lab for lab in route if lab.endswith(("_ICA", "_VA", "_CCA"))), route[0])
+        inject = args.inject or neck
+    else:
+        tree = load_vessels(args.model) if args.model else build_atlas(AtlasParams(arch=args.atlas or "I"))
+        inject = args.inject or ("L_CCA" if "L_CCA" in tree else tree.root)
     if inject not in tree:
         raise IratrainerError(f"--inject: {inject!r} is not a branch of the model")
     devices = ()
-    if args.devices and "R_CFA" in tree and "L_MCA_M1" in tree:
+    if args.devices and "R_CFA" in tree and "L_MCA_M1" in tree and not args.case:
         devices = static_stack(tree)
-    scene = Scene(tree, 0.0, devices)
+    scene = Scene(tree, 0.0, devices) if phantom is None else Scene(tree, 0.0, devices, phantom)
     iodine = contrast_downstream(tree, inject, args.iodine_mg_ml)
     base = CArmPlane()
     plane = CArmPlane(
@@ -138,6 +150,18 @@ def _cmd_render(args: argparse.Namespace) -> int:
                        ChainSettings(options=options, dsa_fps=args.fps), renderer=renderer)
     if args.mode == "fluoro":
         frames = [chain.fluoro_pulse(scene) for _ in range(args.pulses)]
+    elif circ is not None:  # contrast from the flow model: 7 mL at 5 mL/s into the vessel upstream of the target
+        b = tree[inject]
+        circ.inject(tree.point_at(inject, 0.6 * b.length_mm), 7.0, 5.0)
+
+        def scene_at(t: float) -> Scene:
+            circ.advance(max(0.0, t - circ.time_s))
+            return Scene(tree, circ.segment_iodine(), devices, scene.phantom, t, *circ.blobs())
+
+        frames = chain.dsa_run(scene_at, args.duration)
+        if args.mode == "roadmap":
+            chain.store_roadmap()
+            frames = [chain.fluoro_pulse(scene) for _ in range(args.pulses)]
     else:
         frames = chain.dsa_run(lambda t: scene.with_contrast(iodine if t > 0 else 0.0), args.duration)
         if args.mode == "roadmap":
@@ -410,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--sod", type=float, default=None, help="source-isocentre distance, mm")
     r.add_argument("--isocentre", type=float, nargs=3, default=[0.0, 5.0, 215.0], metavar=("X", "Y", "Z"),
                    help="isocentre in patient LPS mm (table position)")
-    r.add_argument("--inject", help="branch where contrast is injected (default L_CCA)")
+    r.add_argument("--inject", help="branch where contrast is injected (default L_CCA; with --case the "
+                   "cervical vessel on the way to the target, and the flow model carries it)")
     r.add_argument("--iodine-mg-ml", type=float, default=150.0, help="iodine in filled vessels, mg/mL")
     r.add_argument("--no-devices", dest="devices", action="store_false", help="no catheter stack")
     r.add_argument("--duration", type=float, default=3.0, help="DSA run length, s")

@@ -94,7 +94,7 @@ def test_dicom_export_is_valid_under_dciodvfy(tmp_path, mode):
     [
         (["--out", "{tmp}/x.jpg"], "must end in .png or .dcm"),
         (["--out", "{tmp}/missing/x.png"], "does not exist"),
-        (["--case", "cases/none.toml", "--out", "{tmp}/x.png"], "case files are not supported yet"),
+        (["--case", "cases/none.toml", "--out", "{tmp}/x.png"], "cases/none.toml: cannot read the case file"),
         (["--inject", "NOPE", "--out", "{tmp}/x.png"], "NOPE"),
     ],
 )
@@ -109,3 +109,28 @@ def test_out_of_range_angle_is_clamped_with_a_warning(tmp_path, capsys):
     rc = main(["render", "--atlas", "I", "--size", "32", "--lao", "170", "--out", str(tmp_path / "x.png")])
     assert rc == 0
     assert "lao_deg 170 outside the C-arm's range, clamped to 120" in capsys.readouterr().err
+
+
+def test_render_a_case_uses_its_flow_model(tmp_path):
+    """--case: the occluded M1's territory stays dark while the ACA fills (the cut-off)."""
+    import matplotlib.image as mpimg
+
+    from iratrainer.scenario.case import load_case, resolve_case
+
+    out = tmp_path / "case.png"
+    assert main(["render", "--case", "l-m1-type1-femoral", "--plane", "frontal", "--mode", "dsa", "--size", "128",
+                 "--no-noise", "--duration", "3", "--out", str(out)]) == 0
+    img = np.asarray(mpimg.imread(out), dtype=float)
+    img = img if img.ndim == 2 else img[..., 0]
+    case = load_case(resolve_case("l-m1-type1-femoral"))
+    tree = case.load_tree()
+    from iratrainer.imaging.geometry import frontal
+
+    p = frontal(matrix=128)
+
+    def darkness(label: str) -> float:
+        uv, _ = p.project(tree.point_at(label, tree.length_mm(label) * np.array([0.3, 0.5, 0.7])))
+        px = np.clip(np.round(uv - 0.5).astype(int), 0, 127)
+        return float(np.mean(1.0 - img[px[:, 1], px[:, 0]]))
+
+    assert darkness("L_ACA_A2") > darkness("L_MCA_M2_SUP") + 0.05
