@@ -12,6 +12,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -262,12 +263,65 @@ def bench_procedure(repeats: int = 3) -> Iterator[dict[str, Any]]:
                "repeats": len(factors)}
 
 
+def construct_validity(seeds: Any = range(10), case_path: Any = None) -> dict[str, dict[str, Any]]:
+    """Expert vs novice autopilot on one case over ``seeds``: medians and whether the expert
+    is better by a clear margin (10 % of the novice's median, 5 points of score)."""
+    from iratrainer.scenario.case import default_case_path, load_case
+    from iratrainer.scenario.run import HeadlessRun
+    from iratrainer.scoring.rubric import score_session
+
+    case = load_case(case_path or default_case_path())
+    vals: dict[str, dict[str, list[float]]] = {"expert": {}, "novice": {}}
+    for who in ("expert", "novice"):
+        for seed in seeds:
+            hr = HeadlessRun(case, who, int(seed), render=False)
+            proc = hr.run()
+            m = proc.metrics()
+            m["score"] = score_session(m, proc.event_log(), case.level, case.goal.kind, case.scoring).total
+            for key in ("score", "procedure_time_s", "fluoro_time_s", "dap_gy_cm2", "contrast_ml"):
+                vals[who].setdefault(key, []).append(float(m[key]))
+    out = {}
+    for key in vals["expert"]:
+        e = statistics.median(vals["expert"][key])
+        n = statistics.median(vals["novice"][key])
+        better = (e - n >= 5.0) if key == "score" else (n - e >= 0.1 * n)
+        out[key] = {"expert": e, "novice": n, "expert_better": bool(better)}
+    return out
+
+
+def bench_scoring(repeats: int = 1) -> Iterator[dict[str, Any]]:
+    """Construct validity (expert vs novice over 10 seeds, default case) and the longest
+    records write while a procedure runs."""
+    import tempfile
+
+    from iratrainer.records.store import Store
+    from iratrainer.scenario.case import default_case_path, load_case
+    from iratrainer.scenario.run import run_headless
+
+    rows = construct_validity(range(10))
+    for key, r in rows.items():
+        yield {"name": f"scoring.{key}_expert_vs_novice", "value": [round(r["expert"], 2), round(r["novice"], 2)],
+               "unit": "median expert, median novice", "workload": "default case, seeds 0-9, autopilots, no images",
+               "expert_better": r["expert_better"], "repeats": 10}
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(Path(tmp) / "records.db")
+        store.add_trainee("bench")
+        res = run_headless(load_case(default_case_path()), Path(tmp) / "run", "expert", 0, render=False,
+                           store=store, trainee="bench")
+        yield {"name": "scoring.longest_write_s", "value": res["records"]["longest_write_s"], "unit": "s",
+               "workload": f"expert on the default case recorded as it goes ({res['records']['batches']} batches, "
+                           "writer thread; the loop only hands batches over)", "repeats": 1}
+        yield {"name": "scoring.longest_handover_s", "value": res["records"]["longest_push_s"], "unit": "s",
+               "workload": "the simulation loop's longest pause to hand a batch to the writer", "repeats": 1}
+
+
 GROUPS: dict[str, Callable[..., Iterator[dict[str, Any]]]] = {
     "anatomy": bench_anatomy,
     "render": bench_render,
     "physics": bench_physics,
     "segment": bench_segment,
     "procedure": bench_procedure,
+    "scoring": bench_scoring,
 }
 
 

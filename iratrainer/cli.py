@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from iratrainer import __version__
 from iratrainer.errors import IratrainerError
@@ -367,12 +368,99 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.autopilot:
         raise IratrainerError("run --headless needs --autopilot expert or novice")
     case = load_case(resolve_case(args.case))
+    store = None
+    if args.trainee:
+        from iratrainer.records.store import Store
+
+        store = Store(args.db)
+        store.trainee_id(args.trainee)  # unknown names fail before the run, with suggestions
     res = run_headless(case, args.out, args.autopilot, args.seed, cine=args.cine, matrix=args.matrix,
-                       render=not args.no_render)
+                       render=not args.no_render, store=store, trainee=args.trainee)
     print(f"{case.id}: {res['outcome']} in {res['time_s']:.0f} s simulated ({res['realtime_factor']:.1f}x real time); "
           f"mTICI {res['tici']}, {res['passes']} pass(es), fluoroscopy {res['fluoro_time_s']:.0f} s, "
           f"DAP {res['dap_gy_cm2']:.1f} Gy.cm2, contrast {res['contrast_ml']:.0f} mL -> {args.out}")
+    if "session_id" in res:
+        print(f"recorded session {res['session_id'][:8]} for {args.trainee}: score {res['score']['total']:.1f} "
+              f"({'pass' if res['score']['passed'] else 'not yet'}) in {res['records']['db']}")
     return 0 if res["outcome"] in ("success", "ended") else 3
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from iratrainer.records.store import Store
+
+    return Store(args.db)
+
+
+def _cmd_trainee(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.trainee_cmd == "add":
+        tid = store.add_trainee(args.name, args.cohort, args.des_year, args.email)
+        print(f"added trainee {args.name} (id {tid}, cohort {args.cohort or '-'}) to {store.path}")
+        return 0
+    if args.trainee_cmd == "list":
+        rows = store.trainees()
+        for r in rows:
+            print(f"{r['id']:4d}  {r['name']:30s} {str(r['cohort'] or '-'):12s} sessions {r['sessions']:3d}  "
+                  f"passed {r['passed'] or 0:3d}")
+        if not rows:
+            print(f"no trainee yet in {store.path} (iratrainer trainee add NAME --cohort C)")
+        return 0
+    raise IratrainerError("trainee: choose add or list")
+
+
+def _cmd_progress(args: argparse.Namespace) -> int:
+    from iratrainer.records.curriculum import progress
+    from iratrainer.scenario.case import list_cases
+
+    store = _store(args)
+    tid = store.trainee_id(args.name)
+    for lv in progress(store.sessions(trainee_id=tid), list_cases()):
+        state = "unlocked" if lv["unlocked"] else "locked"
+        print(f"{lv['level']:18s} {state:9s} passed {len(lv['passed'])}/{lv['needed']}")
+        for c in lv["cases"]:
+            best = "-" if c["best_score"] is None else f"{c['best_score']:.1f}"
+            print(f"    {'✔' if c['passed'] else ' '} {c['id']:30s} best {best}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from iratrainer.records.report import cohort_report, trainee_report
+
+    store = _store(args)
+    if bool(args.trainee) == bool(args.cohort):
+        raise IratrainerError("report: give --trainee NAME or --cohort NAME")
+    out = trainee_report(store, args.trainee, args.out) if args.trainee else cohort_report(store, args.cohort, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from iratrainer.anatomy.io import atomic_write_bytes
+    from iratrainer.records.export import sessions_csv, statements
+
+    store = _store(args)
+    text = sessions_csv(store, args.trainee) if args.format == "csv" else json.dumps(statements(store, args.trainee),
+                                                                                       indent=1)
+    if args.out == "-":
+        print(text)
+    else:
+        try:
+            atomic_write_bytes(args.out, text.encode("utf-8"))
+        except OSError as exc:
+            raise IratrainerError(f"{args.out}: cannot write ({exc.strerror or exc})") from None
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from iratrainer.records.export import sync
+
+    store = _store(args)
+    sent, before = sync(store, args.lrs, args.user, args.password)
+    print(f"sent {sent} statement(s) to {args.lrs} ({before} sent before)")
+    return 0
 
 
 # ---------------------------------------------------------------------- parser
@@ -490,7 +578,47 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--cine", action="store_true", help="also write the runs (DICOM XA) and a GIF")
     rn.add_argument("--matrix", type=int, default=256, help="image matrix for rendering (default 256)")
     rn.add_argument("--no-render", action="store_true", help="do not render the images (faster)")
+    rn.add_argument("--trainee", help="record the session for this trainee (like a played one)")
+    rn.add_argument("--db", help="records database (default: IRATRAINER_DB or the user data folder)")
     rn.set_defaults(func=_cmd_run)
+
+    tr = sub.add_parser("trainee", help="add and list trainees in the records database")
+    tsub = tr.add_subparsers(dest="trainee_cmd", metavar="TRAINEE_COMMAND")
+    ta = tsub.add_parser("add", help="add a trainee")
+    ta.add_argument("name")
+    ta.add_argument("--cohort", help="cohort (e.g. DES 2026)")
+    ta.add_argument("--des-year", type=int, help="DES year (1-5)")
+    ta.add_argument("--email")
+    ta.add_argument("--db", help="records database")
+    tl = tsub.add_parser("list", help="list trainees")
+    tl.add_argument("--db", help="records database")
+    tr.set_defaults(func=_cmd_trainee, db=None)
+
+    pg = sub.add_parser("progress", help="a trainee's curriculum: levels, passes, best scores")
+    pg.add_argument("name")
+    pg.add_argument("--db", help="records database")
+    pg.set_defaults(func=_cmd_progress)
+
+    rp = sub.add_parser("report", help="HTML report of a trainee (learning curves) or a cohort (who is behind)")
+    rp.add_argument("--trainee")
+    rp.add_argument("--cohort")
+    rp.add_argument("--out", required=True, help="FILE.html")
+    rp.add_argument("--db", help="records database")
+    rp.set_defaults(func=_cmd_report)
+
+    ex = sub.add_parser("export", help="sessions and metrics as CSV, or xAPI 1.0.3 statements (JSON)")
+    ex.add_argument("--format", choices=["csv", "xapi"], required=True)
+    ex.add_argument("--trainee")
+    ex.add_argument("--out", default="-", help="file (default: standard output)")
+    ex.add_argument("--db", help="records database")
+    ex.set_defaults(func=_cmd_export)
+
+    sy = sub.add_parser("sync", help="send the statements not yet sent to a Learning Record Store (xAPI)")
+    sy.add_argument("--lrs", required=True, help="LRS base URL (e.g. http://127.0.0.1:8100)")
+    sy.add_argument("--user", required=True)
+    sy.add_argument("--password", required=True)
+    sy.add_argument("--db", help="records database")
+    sy.set_defaults(func=_cmd_sync)
 
     b = sub.add_parser("bench", help="run benchmarks; one JSON object per line",
                        description="Benchmarks (medians of repeated runs). Groups: anatomy, render, physics, segment.")

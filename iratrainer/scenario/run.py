@@ -107,8 +107,13 @@ class HeadlessRun:
 
 
 def run_headless(case: Case, out_dir: str | Path, autopilot: str = "expert", seed: int = 0, cine: bool = False,
-                 matrix: int = 256, render: bool = True) -> dict[str, Any]:
-    """Play ``case`` with an autopilot and write the outputs to ``out_dir`` (see the module docstring)."""
+                 matrix: int = 256, render: bool = True, store: Any = None, trainee: str | None = None
+                 ) -> dict[str, Any]:
+    """Play ``case`` with an autopilot and write the outputs to ``out_dir`` (see the module docstring).
+
+    With a records ``store`` and a ``trainee``, the session is recorded as it goes, like a
+    played one (events and controls in batches from a writer thread), then scored.
+    """
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -117,11 +122,35 @@ def run_headless(case: Case, out_dir: str | Path, autopilot: str = "expert", see
         probe.unlink()
     except OSError as exc:
         raise OutputError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    from iratrainer import __version__
+    from iratrainer.scoring.rubric import score_session
+
     t0 = time.perf_counter()
     hr = HeadlessRun(case, autopilot, seed, render=render or cine, matrix=matrix, keep_frames=cine)
-    proc = hr.run()
+    rec = None
+    sid = None
+    if store is not None and trainee:
+        from iratrainer.records.recorder import SessionRecorder
+
+        sid = store.start_session(store.trainee_id(trainee), case, seed, __version__, autopilot)
+        rec = SessionRecorder(store, sid)
+    while not hr.proc.terminated:
+        hr.step()
+        if rec is not None:
+            rec.maybe_push(hr.proc, hr.control_log)
+    proc = hr.proc
     wall = time.perf_counter() - t0
     result = proc.metrics()
+    score = score_session(result, proc.event_log(), case.level, case.goal.kind, case.scoring)
+    result["score"] = score.as_dict()
+    if rec is not None and store is not None and sid is not None:
+        rec.maybe_push(proc, hr.control_log, force=True)
+        rec.finish()
+        store.finish_session(sid, proc.metrics(), score.as_dict(), "completed" if proc.outcome != "aborted"
+                             else "aborted", wall)
+        result["session_id"] = sid
+        result["records"] = {"db": str(store.path), "longest_write_s": round(rec.longest_write_s, 5),
+                             "longest_push_s": round(rec.longest_push_s, 6), "batches": rec.batches}
     result.update({"autopilot": autopilot, "wall_s": round(wall, 3),
                    "realtime_factor": round(proc.time_s / max(wall, 1e-9), 2),
                    "images_rendered": hr.images_rendered, "render_s": round(hr.render_s, 3),

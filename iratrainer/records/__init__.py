@@ -1,0 +1,1 @@
+"""Records: the SQLite store, reports and exports (xAPI, CSV), LRS sync."""

@@ -1,0 +1,1 @@
+"""Scoring: metrics, checklist, rubric, proficiency and debrief (from the event log only)."""
