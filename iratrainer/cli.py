@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -645,6 +646,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except IratrainerError as exc:
         print(f"iratrainer: error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.Error as exc:  # a locked or damaged records database met after opening it
+        db = getattr(args, "db", None) or os.environ.get("IRATRAINER_DB") or "the records database"
+        print(f"iratrainer: error: {db}: {exc} (nothing was overwritten; retry when the other process is done)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("iratrainer: interrupted", file=sys.stderr)

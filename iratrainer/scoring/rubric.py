@@ -10,8 +10,10 @@ the validated metrics of REFERENCE.md): each error has a weight, a time in the p
 **Score**: weighted components, each 0-1 (defaults below, overridable per case in
 ``[scoring]``): outcome (final mTICI, complications), time, fluoroscopy, dose (DAP),
 contrast, passes, safety (wrong-vessel entries, wall force, errors). Reference values
-per level are the medians of the expert autopilot on the shipped cases of that level
-rounded up, so an expert lands near 85-95 and the pass mark is 70.
+per level (:data:`REFERENCE`) were set from the expert autopilot on the shipped cases of
+the level with headroom (1.2-2x its figures; well under the published clinical times),
+so an expert lands at 90-100 and a novice lower; the proficiency benchmark is a score of
+at least 70 with success and no complication.
 """
 
 from __future__ import annotations
