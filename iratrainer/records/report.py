@@ -96,7 +96,15 @@ def trainee_report(store: Store, name: str, out: str | Path) -> Path:
         f"<td>{'✔' if s['passed'] else ''}</td><td><code>{s['id'][:8]}</code></td></tr>" for s in sessions)
     levels = "".join(f"<li>{lv['level']}: {'ouvert / unlocked' if lv['unlocked'] else 'verrouillé / locked'}, "
                      f"{len(lv['passed'])}/{lv['needed']} réussis / passed</li>" for lv in prog)
-    body = (f"<h1>{html.escape(name)}</h1><p>Cohorte / cohort: {html.escape(str(cohort))}</p>"
+    debrief = ""
+    if done:
+        details = metrics.get(done[-1]["id"], {}).get("score_details") or {}
+        for lang, title in (("fr", "Points à travailler (dernière session)"), ("en", "To improve (last session)")):
+            items = details.get("debrief", {}).get(lang, []) if isinstance(details, dict) else []
+            if items:
+                debrief += f"<h3>{title}</h3><ol>" + "".join(
+                    f"<li>{html.escape(x['text'])} <small>(t = {x['t_s']:.0f} s)</small></li>" for x in items) + "</ol>"
+    body = (f"<h1>{html.escape(name)}</h1><p>Cohorte / cohort: {html.escape(str(cohort))}</p>{debrief}"
             f"<h2>Progression / progress</h2><ul>{levels}</ul><h2>Courbes / learning curves</h2>"
             + "".join(f'<img src="{i}" alt="curve">' for i in imgs)
             + "<h2>Sessions</h2><table><tr><th>date</th><th>case</th><th>status</th><th>outcome</th><th>score</th>"
