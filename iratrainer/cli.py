@@ -386,6 +386,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0 if res["outcome"] in ("success", "ended") else 3
 
 
+def _cmd_main(args: argparse.Namespace) -> int:
+    """``iratrainer`` alone: the trainer window; without a display, how to run headless, and
+    the trainer's screens on the default case written to the user data folder."""
+    from iratrainer.app.i18n import default_language, tr
+    from iratrainer.app.trainer import DEMO_SCRIPT, TrainerApp
+    from iratrainer.scenario.case import default_case_path
+
+    if _has_display():
+        return TrainerApp().run()
+    lang = default_language()
+    print(f"iratrainer {__version__}: {tr('no_display', lang)}")
+    shots = user_data_dir() / "screenshots"
+    TrainerApp(str(default_case_path()), headless=True, script=DEMO_SCRIPT, screenshot_dir=str(shots)).run()
+    print(tr("demo_written", lang, path=shots))
+    return 0
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    from iratrainer.app.trainer import TrainerApp
+
+    if args.headless and not args.script:
+        raise IratrainerError("play --headless needs --script FILE (recorded inputs, JSON lines)")
+    app = TrainerApp(args.case, args.trainee, args.db, args.headless, args.script, args.screenshot_dir,
+                     args.settings, args.seed)
+    for w in app.warnings:
+        print(f"iratrainer: warning: {w}", file=sys.stderr)
+    return app.run()
+
+
 def _store(args: argparse.Namespace) -> Any:
     from iratrainer.records.store import Store
 
@@ -583,6 +612,19 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--db", help="records database (default: IRATRAINER_DB or the user data folder)")
     rn.set_defaults(func=_cmd_run)
 
+    pl = sub.add_parser("play", help="the trainer window (menu, briefing, procedure, debrief)",
+                        description="Play a case in the trainer window. Headless: --headless --script FILE "
+                        "--screenshot-dir DIR drives the real app with recorded inputs.")
+    pl.add_argument("case", nargs="?", help="case file or shipped case id (default: the case menu)")
+    pl.add_argument("--trainee", help="record the sessions for this trainee")
+    pl.add_argument("--db", help="records database")
+    pl.add_argument("--headless", action="store_true", help="offscreen, driven by --script")
+    pl.add_argument("--script", help="recorded inputs, JSON lines ({\"at_s\": 1.0, \"press\": \"RETURN\"} ...)")
+    pl.add_argument("--screenshot-dir", help="where --script screenshots go")
+    pl.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
+    pl.add_argument("--seed", type=_seed, default=0, help="session seed")
+    pl.set_defaults(func=_cmd_play)
+
     tr = sub.add_parser("trainee", help="add and list trainees in the records database")
     tsub = tr.add_subparsers(dest="trainee_cmd", metavar="TRAINEE_COMMAND")
     ta = tsub.add_parser("add", help="add a trainee")
@@ -641,7 +683,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.command is None:
-        args = parser.parse_args(["preview"])
+        args.func = _cmd_main
     try:
         return int(args.func(args))
     except IratrainerError as exc:

@@ -79,8 +79,19 @@ def test_console_script_no_traceback(tmp_path):
     assert p.stderr.strip().endswith("x.json: no such file") and "Traceback" not in p.stderr
 
 
-def test_default_command_writes_preview_headless(capsys, _private_home):
+def test_default_command_without_display_says_how_and_shows_the_trainer(capsys, _private_home, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setenv("LANG", "en_GB.UTF-8")
     assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "No display" in out and "--headless" in out
+    shots = _private_home / "screenshots"
+    assert {p.name for p in shots.glob("*.png")} == {"1-briefing.png", "2-fluoroscopy.png", "3-help.png"}
+
+
+def test_preview_command_writes_preview_headless(capsys, _private_home):
+    assert main(["preview"]) == 0
     out = capsys.readouterr().out
     assert "no display" in out
     assert (_private_home / "atlas-preview.png").stat().st_size > 50_000

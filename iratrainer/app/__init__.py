@@ -1,0 +1,1 @@
+"""The trainer app: window, menus, procedure screen, HUD, debrief (pygame)."""

@@ -1,0 +1,100 @@
+"""Every string the trainer shows, in French and English.
+
+The language comes from the settings, else from the locale (``LANG``/``LC_ALL`` starting
+with ``fr`` gives French), else English. ``tr(key, lang, **values)`` formats one string;
+a test checks that every key has both languages and the same placeholders.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["STRINGS", "tr", "default_language"]
+
+STRINGS: dict[str, dict[str, str]] = {
+    "title": {"fr": "iratrainer — simulateur de thrombectomie", "en": "iratrainer — thrombectomy simulator"},
+    "menu_help": {"fr": "↑↓ choisir un cas · Entrée : commencer · L : English · Échap : quitter",
+                  "en": "↑↓ choose a case · Enter: start · L: français · Esc: quit"},
+    "trainee": {"fr": "Interne : {name}", "en": "Trainee: {name}"},
+    "no_trainee": {"fr": "Interne : (non enregistré, --trainee NOM pour enregistrer)",
+                   "en": "Trainee: (not recorded, --trainee NAME to record)"},
+    "locked": {"fr": "verrouillé", "en": "locked"},
+    "level_navigation_basics": {"fr": "Bases de navigation", "en": "Navigation basics"},
+    "level_arch": {"fr": "Crosse aortique", "en": "Aortic arch"},
+    "level_intracranial": {"fr": "Navigation intracrânienne", "en": "Intracranial navigation"},
+    "level_thrombectomy": {"fr": "Thrombectomie", "en": "Thrombectomy"},
+    "briefing": {"fr": "Briefing", "en": "Briefing"},
+    "patient": {"fr": "{sex}, {age} ans, NIHSS {nihss}, début il y a {onset} min",
+                "en": "{sex}, {age} years, NIHSS {nihss}, onset {onset} min ago"},
+    "objectives": {"fr": "Objectifs", "en": "Objectives"},
+    "start_hint": {"fr": "Entrée : commencer · Échap : retour", "en": "Enter: start · Esc: back"},
+    "frontal": {"fr": "Frontal", "en": "Frontal"},
+    "lateral": {"fr": "Latéral", "en": "Lateral"},
+    "hud_time": {"fr": "Temps {t}", "en": "Time {t}"},
+    "hud_fluoro": {"fr": "Scopie {t}", "en": "Fluoro {t}"},
+    "hud_dose": {"fr": "PDS {dap:.1f} Gy·cm²  Ka,r {kar:.0f} mGy", "en": "DAP {dap:.1f} Gy·cm²  Ka,r {kar:.0f} mGy"},
+    "hud_contrast": {"fr": "Contraste {ml:.0f} mL", "en": "Contrast {ml:.0f} mL"},
+    "hud_passes": {"fr": "Passages {n}  mTICI {tici}", "en": "Passes {n}  mTICI {tici}"},
+    "hud_table": {"fr": "Table : {name} (I pour l'insérer, N/P pour changer)",
+                  "en": "Table: {name} (I to insert, N/P to change)"},
+    "hud_device": {"fr": "{mark} {name}: {mm:.0f} mm, {deg:.0f}°", "en": "{mark} {name}: {mm:.0f} mm, {deg:.0f}°"},
+    "hud_carm": {"fr": "Arceau : frontal {flao:.0f}/{fcran:.0f}, latéral {llao:.0f}/{lcran:.0f}",
+                 "en": "C-arm: frontal {flao:.0f}/{fcran:.0f}, lateral {llao:.0f}/{lcran:.0f}"},
+    "hud_balloon": {"fr": "Ballonnet gonflé", "en": "Balloon inflated"},
+    "hud_aspiration": {"fr": "Aspiration", "en": "Aspiration"},
+    "warn_force": {"fr": "ATTENTION : force élevée au moyeu", "en": "WARNING: high force at the hub"},
+    "warn_dose": {"fr": "ATTENTION : dose élevée", "en": "WARNING: high dose"},
+    "message_refused": {"fr": "Impossible : {reason}", "en": "Not possible: {reason}"},
+    "help_title": {"fr": "Commandes (H pour fermer)", "en": "Controls (H to close)"},
+    "help_lines": {"fr": "1-9 choisir le matériel · ↑/↓ pousser/retirer (Maj : lent) · ←/→ rotation · "
+                         "Espace (maintenir) : scopie · D : DSA · R : feuille de route · I/N/P : insérer / "
+                         "choisir sur la table · X : retirer le matériel · B : ballonnet · A : aspiration · "
+                         "V : biplan · Échap : pause · E : terminer · L : langue",
+                   "en": "1-9 pick the device · Up/Down push/pull (Shift: slow) · Left/Right torque · "
+                         "Space (hold): fluoroscopy · D: DSA · R: roadmap · I/N/P: insert / pick on the table · "
+                         "X: remove the device · B: balloon · A: aspiration · V: biplane · Esc: pause · E: end · "
+                         "L: language"},
+    "paused": {"fr": "Pause — Échap : reprendre · Q : abandonner", "en": "Paused — Esc: resume · Q: abort"},
+    "debrief": {"fr": "Débriefing", "en": "Debrief"},
+    "outcome_success": {"fr": "Réussite", "en": "Success"},
+    "outcome_complication": {"fr": "Complication", "en": "Complication"},
+    "outcome_ended": {"fr": "Procédure terminée", "en": "Procedure ended"},
+    "outcome_aborted": {"fr": "Abandon", "en": "Aborted"},
+    "outcome_time_limit": {"fr": "Temps dépassé", "en": "Time limit reached"},
+    "outcome_dose_limit": {"fr": "Dose maximale atteinte", "en": "Dose limit reached"},
+    "score": {"fr": "Score {score:.0f}/100 — {verdict}", "en": "Score {score:.0f}/100 — {verdict}"},
+    "passed": {"fr": "niveau atteint", "en": "proficient"},
+    "not_yet": {"fr": "pas encore", "en": "not yet"},
+    "comp_outcome": {"fr": "résultat", "en": "outcome"},
+    "comp_time": {"fr": "durée", "en": "time"},
+    "comp_fluoro": {"fr": "scopie", "en": "fluoroscopy"},
+    "comp_dose": {"fr": "dose", "en": "dose"},
+    "comp_contrast": {"fr": "contraste", "en": "contrast"},
+    "comp_passes": {"fr": "passages", "en": "passes"},
+    "comp_safety": {"fr": "sécurité", "en": "safety"},
+    "demo_written": {"fr": "Écrans du simulateur (cas par défaut) écrits dans {path}",
+                     "en": "Trainer screens (default case) written to {path}"},
+    "improve": {"fr": "À améliorer :", "en": "To improve:"},
+    "debrief_hint": {"fr": "Entrée : retour aux cas", "en": "Enter: back to the cases"},
+    "no_display": {"fr": "Pas d'écran : lancez « iratrainer play --headless --script FICHIER --screenshot-dir DOSSIER » "
+                         "ou « iratrainer run CAS --headless --autopilot expert --out DOSSIER ».",
+                   "en": "No display: run 'iratrainer play --headless --script FILE --screenshot-dir DIR' or "
+                         "'iratrainer run CASE --headless --autopilot expert --out DIR'."},
+    "settings_warning": {"fr": "{path} : réglages illisibles ({why}) ; valeurs par défaut utilisées",
+                         "en": "{path}: unreadable settings ({why}); using the defaults"},
+}
+
+
+def tr(key: str, lang: str, **values: object) -> str:
+    """The string ``key`` in ``lang`` (``fr`` or ``en``), formatted with ``values``."""
+    s = STRINGS[key].get(lang) or STRINGS[key]["en"]
+    return s.format(**values) if values else s
+
+
+def default_language() -> str:
+    """``fr`` when the locale is French, else ``en``."""
+    for var in ("LC_ALL", "LC_MESSAGES", "LANG"):
+        v = os.environ.get(var, "")
+        if v:
+            return "fr" if v.lower().startswith("fr") else "en"
+    return "en"
