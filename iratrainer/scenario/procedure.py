@@ -550,8 +550,9 @@ class Procedure:
             return
         tip = self.stack.point_at(max(d.inserted_mm for d in self.stack.devices))
         z = float(tip[2])
+        z_table = 50.0 * round(z / 50.0)  # the table is moved in 5 cm steps (and the images' background cached)
         iso, fov = ((0.0, 5.0, 215.0), 22.0) if z > 150 else (((0.0, 0.0, 60.0), 30.0) if z > -20 else
-                                                               ((0.0, 0.0, float(z)), 30.0))
+                                                               ((0.0, 0.0, z_table), 30.0))
         for name, p in self.planes.items():
             if p.isocentre_mm != iso or p.fov_cm != fov:
                 self.planes[name] = replace(p, isocentre_mm=iso, fov_cm=self.case.carm.get("fov_cm", fov))
