@@ -31,6 +31,7 @@ reperfusion): 0 none; 1 flow past the occlusion with minimal distal filling (< 1
 
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import dataclass, field
 
@@ -99,7 +100,7 @@ class ClotSpec:
     def validate(self, tree: VesselTree, where: str = "clot") -> None:
         """Raise :class:`ClotError` naming ``where`` and the field when the clot does not fit."""
         if self.branch not in tree:
-            near = ", ".join(sorted(tree.labels, key=lambda s: _distance(s, self.branch))[:3])
+            near = ", ".join(difflib.get_close_matches(self.branch, tree.labels, n=3, cutoff=0.0))
             raise ClotError(f"{where}.branch: unknown branch '{self.branch}' (closest: {near})")
         if self.composition not in COMPOSITION:
             raise ClotError(f"{where}.composition: expected one of {', '.join(COMPOSITION)}, got '{self.composition}'")
@@ -117,17 +118,6 @@ class ClotSpec:
             if not (math.isfinite(self.diameter_mm) and 0 < self.diameter_mm <= lumen * 1.05):
                 raise ClotError(f"{where}.diameter_mm: {self.diameter_mm:g} mm is larger than the lumen of "
                                 f"{self.branch} there ({lumen:.2f} mm)")
-
-
-def _distance(a: str, b: str) -> int:
-    """Levenshtein distance (for 'did you mean')."""
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
 
 
 def integration(wait_s: float, composition: str) -> float:

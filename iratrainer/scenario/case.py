@@ -10,6 +10,7 @@ what was expected, in one line.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 import tomllib
@@ -270,7 +271,7 @@ def load_case(path: str | Path) -> Case:
     devices = tuple(_get(data, "devices", list, w))
     for k, d in enumerate(devices):
         if not isinstance(d, str) or d not in cat:
-            near = sorted(cat, key=lambda n: _lev(n, str(d)))[:2]
+            near = difflib.get_close_matches(str(d), list(cat), n=2, cutoff=0.0)
             raise CaseError(f"{w}.devices[{k}]: unknown device {d!r} (closest: {', '.join(near)})")
     carm = dict(_get(data, "carm", dict, w, {}))
     for key in ("frontal_lao_deg", "frontal_cran_deg", "lateral_lao_deg", "lateral_cran_deg", "fov_cm"):
@@ -307,12 +308,6 @@ def load_case(path: str | Path) -> Case:
                 limit, dose_limit, objectives, {k: float(v) for k, v in scoring.items()},
                 bool(_get(data, "default", bool, w, False)), _get(data, "seed", int, w, 0),
                 hashlib.sha256(raw_bytes).hexdigest()[:16], data)
-
-
-def _lev(a: str, b: str) -> int:
-    from iratrainer.flow.thrombectomy import _distance
-
-    return _distance(a, b)
 
 
 def case_dirs() -> list[Path]:

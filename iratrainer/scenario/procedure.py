@@ -184,6 +184,7 @@ class Procedure:
         self._last_visited = len(self.stack.visited)
         self._on_path = self._route_labels()
         self._deploy: _Deployment | None = None
+        self._clot_range_cache: dict[int, tuple[Any, Any]] = {}
         self._stent_was_sheathed = False
         self._asp_contact_since: float | None = None
         self._asp_contact_arc = 0.0
@@ -480,14 +481,20 @@ class Procedure:
             self._asp_contact_since = None
 
     def _clot_rail_range(self, k: int) -> tuple[float, float] | None:
+        """Rail arcs (mm) where clot ``k`` lies, None when the rail does not reach it (cached per rail state)."""
         c = self.circ.clots[k]
-        n = len(self.stack._lab)
-        idx = self.tree.index(c.spec.branch)
-        hits = [i for i in range(n) if self.stack._lab[i] == idx and
-                c.start_mm <= self.stack._s[i] <= c.start_mm + c.length_mm]
-        if not hits:
-            return None
-        return hits[0] * STEP_MM, hits[-1] * STEP_MM
+        st = self.stack
+        key = (k, len(st._lab), st._lab[-1], st._s[-1], c.start_mm, c.length_mm)
+        hit = self._clot_range_cache.get(k)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        lab = np.asarray(st._lab)
+        s = np.asarray(st._s)
+        idx = np.flatnonzero((lab == self.tree.index(c.spec.branch)) & (s >= c.start_mm)
+                             & (s <= c.start_mm + c.length_mm))
+        out = None if idx.size == 0 else (float(idx[0]) * STEP_MM, float(idx[-1]) * STEP_MM)
+        self._clot_range_cache[k] = (key, out)
+        return out
 
     def _coverage(self, s0: float, s1: float) -> tuple[float, int]:
         best, best_k = 0.0, -1
