@@ -415,6 +415,16 @@ def _cmd_play(args: argparse.Namespace) -> int:
     return app.run()
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from iratrainer.app.trainer import TrainerApp
+
+    if args.headless and not args.script:
+        raise IratrainerError("replay --headless needs --script FILE (recorded inputs, JSON lines)")
+    app = TrainerApp(None, None, args.db, args.headless, args.script, args.screenshot_dir, args.settings)
+    app.open_replay(args.session)
+    return app.run()
+
+
 def _store(args: argparse.Namespace) -> Any:
     from iratrainer.records.store import Store
 
@@ -624,6 +634,16 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
     pl.add_argument("--seed", type=_seed, default=0, help="session seed")
     pl.set_defaults(func=_cmd_play)
+
+    rpl = sub.add_parser("replay", help="replay a recorded session, with a timeline to scrub",
+                         description="Replay a session from its recorded control log (bit-identical to the session).")
+    rpl.add_argument("session", help="session id (or its first characters)")
+    rpl.add_argument("--db", help="records database")
+    rpl.add_argument("--headless", action="store_true", help="offscreen, driven by --script")
+    rpl.add_argument("--script", help="recorded inputs, JSON lines")
+    rpl.add_argument("--screenshot-dir", help="where --script screenshots go")
+    rpl.add_argument("--settings", help="settings file")
+    rpl.set_defaults(func=_cmd_replay)
 
     tr = sub.add_parser("trainee", help="add and list trainees in the records database")
     tsub = tr.add_subparsers(dest="trainee_cmd", metavar="TRAINEE_COMMAND")

@@ -93,3 +93,31 @@ def test_no_display_without_headless_says_how(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(AppError, match="--headless"):
         TrainerApp()
+
+
+def test_replay_of_a_recorded_session(tmp_path, monkeypatch):
+    monkeypatch.setenv("IRATRAINER_DB", str(tmp_path / "r.db"))
+    assert main(["trainee", "add", "Inès"]) == 0
+    assert main(["run", "nav-arch-lcca", "--headless", "--autopilot", "expert", "--no-render", "--out",
+                 str(tmp_path / "run"), "--trainee", "Inès"]) == 0
+    sid = json.loads((tmp_path / "run" / "result.json").read_text())["session_id"]
+    script = tmp_path / "s.jsonl"
+    rows = [{"at_s": 0.1, "press": "UP"}, {"at_s": 0.2, "press": "RIGHT"}, {"at_s": 0.3, "press": "RIGHT"},
+            {"at_s": 1.5, "screenshot": "t20"}, {"at_s": 1.6, "quit": True}]
+    script.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    assert main(["replay", sid[:8], "--headless", "--script", str(script), "--screenshot-dir", str(tmp_path / "sh"),
+                 "--settings", str(tmp_path / "none.toml")]) == 0
+    img = _png(tmp_path / "sh" / "t20.png")
+    assert img[20:532, 40:552].std() > 0.05  # the fluoroscopy of the session at ~20 s
+    assert (img[H_TIMELINE] > 0.5).any()  # the timeline with its cursor
+
+
+H_TIMELINE = slice(735, 760)
+
+
+def test_replay_unknown_session(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("IRATRAINER_DB", str(tmp_path / "r.db"))
+    script = tmp_path / "s.jsonl"
+    script.write_text('{"at_s": 0.1, "quit": true}', encoding="utf-8")
+    assert main(["replay", "deadbeef", "--headless", "--script", str(script)]) == 2
+    assert "no such session" in capsys.readouterr().err

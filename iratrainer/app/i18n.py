@@ -74,6 +74,10 @@ STRINGS: dict[str, dict[str, str]] = {
     "comp_safety": {"fr": "sécurité", "en": "safety"},
     "demo_written": {"fr": "Écrans du simulateur (cas par défaut) écrits dans {path}",
                      "en": "Trainer screens (default case) written to {path}"},
+    "replay_hint": {"fr": "Relecture ×{speed} — {t} / {end} — Espace : lecture/pause · ←/→ : ±10 s · ↑/↓ : vitesse · "
+                          "Échap : quitter",
+                    "en": "Replay ×{speed} — {t} / {end} — Space: play/pause · Left/Right: ±10 s · Up/Down: speed · "
+                          "Esc: quit"},
     "improve": {"fr": "À améliorer :", "en": "To improve:"},
     "debrief_hint": {"fr": "Entrée : retour aux cas", "en": "Enter: back to the cases"},
     "no_display": {"fr": "Pas d'écran : lancez « iratrainer play --headless --script FICHIER --screenshot-dir DOSSIER » "

@@ -135,6 +135,7 @@ class TrainerApp:
 
         self.cases = list_cases()
         self.store = None
+        self._db = db
         self.trainee = trainee
         if trainee:
             from iratrainer.records.store import Store
@@ -238,6 +239,9 @@ class TrainerApp:
                         running = False
                 # the simulation: fixed steps, at most MAX_CATCH_UP per frame
                 dt_frame = 1.0 / FPS
+                if self.state == "replay" and self.replay_playing and not self.proc.terminated:
+                    for _ in range(int(self.replay_speed)):
+                        self._replay_step(render=self.replay_speed <= 4)
                 if self.state == "procedure" and not self.paused and self.proc is not None:
                     acc += dt_frame
                     n = 0
@@ -330,11 +334,86 @@ class TrainerApp:
                 self.biplane = not self.biplane
             elif key == k["end"]:
                 self.pending = "end"
+        elif self.state == "replay":
+            if key == "SPACE":
+                self.replay_playing = not self.replay_playing
+            elif key in ("RIGHT", "LEFT"):
+                self._replay_seek(self.proc.time_s + (10.0 if key == "RIGHT" else -10.0))
+            elif key == "UP":
+                self.replay_speed = min(16, self.replay_speed * 4)
+            elif key == "DOWN":
+                self.replay_speed = max(1, self.replay_speed // 4)
+            elif key == "ESCAPE":
+                return False
         elif self.state == "debrief":
             if key in ("RETURN", "ENTER", "ESCAPE"):
                 self.state = "menu"
                 self.unlocked = self._unlocked_levels()
         return True
+
+    # ------------------------------------------------------------------ replay
+    def open_replay(self, session: str) -> None:
+        """Prepare the replay of a recorded session (id or its first characters)."""
+        from iratrainer.scenario.procedure import Controls, Procedure
+
+        if self.store is None:
+            from iratrainer.records.store import Store
+
+            self.store = Store(self._db)
+        rows = [r for r in self.store.sessions() if r["id"].startswith(session)]
+        if len(rows) != 1:
+            raise AppError(f"session '{session}': {'no such session' if not rows else 'ambiguous, give more characters'}")
+        row = rows[0]
+        case = next((c for c in self.cases if c.id == row["case_id"]), None)
+        if case is None or case.content_hash != row["case_hash"]:
+            raise AppError(f"session {row['id'][:8]}: its case '{row['case_id']}' is not in the library in the same "
+                           "version; the replay would differ")
+        self.case = case
+        self.replay_log = [(int(r["step"]), Controls(**json.loads(r["controls"])))
+                           for r in self.store.db["controls"].rows_where("session_id = ?", [row["id"]], order_by="seq")]
+        self.replay_events = self.store.events_of(row["id"])
+        self.replay_end = max([e["t_s"] for e in self.replay_events] + [0.0])
+        self.replay_seed = int(row["seed"])
+        self._procedure_cls = Procedure
+        self._replay_restart()
+        self.state = "replay"
+
+    def _replay_restart(self) -> None:
+        from iratrainer.imaging.chain import PlaneChain
+        from iratrainer.imaging.dose import DoseMeter
+        from iratrainer.scenario.procedure import Controls
+
+        self.proc = self._procedure_cls(self.case, self.replay_seed)
+        rng = np.random.default_rng([99, self.replay_seed])
+        self.chains = {n: PlaneChain(replace(p, matrix=256), DoseMeter(), rng) for n, p in self.proc.planes.items()}
+        self.images = {}
+        self.replay_idx = 0
+        self.replay_cur = Controls()
+        self.replay_playing = True
+        self.replay_speed = getattr(self, "replay_speed", 1)
+        self.hand, self.table, self.biplane = "", 0, True
+        self._input_step = None
+
+    def _replay_step(self, render: bool) -> None:
+        from dataclasses import replace as dc_replace
+
+        log = self.replay_log
+        while self.replay_idx < len(log) and log[self.replay_idx][0] == self.proc.step_index:
+            self.replay_cur = log[self.replay_idx][1]
+            self.replay_idx += 1
+        self.proc.step(self.replay_cur)
+        if self.replay_cur.action:
+            self.replay_cur = dc_replace(self.replay_cur, action="")
+        self.hand = self.replay_cur.device
+        if render and self.proc.exposures_this_step:
+            self._images()
+
+    def _replay_seek(self, t_s: float) -> None:
+        t_s = max(0.0, min(t_s, self.replay_end))
+        if t_s < self.proc.time_s:
+            self._replay_restart()
+        while self.proc.time_s < t_s - 1e-9 and not self.proc.terminated:
+            self._replay_step(render=self.proc.time_s > t_s - 1.0)  # the last second renders (the images)
 
     # ------------------------------------------------------------------ procedure
     def _start(self) -> None:
@@ -527,6 +606,22 @@ class TrainerApp:
             self._wrap(tr("help_lines", self.lang), 120, yy + 10, W - 260, self.small)
         if self.paused:
             self._text(tr("paused", self.lang), 420, 380, self.big, (255, 230, 120))
+
+    def _draw_replay(self) -> None:
+        self._draw_procedure()
+        pg = self.pg
+        x0, x1, y = 40, W - 40, H - 60
+        pg.draw.rect(self.screen, (60, 60, 70), (x0, y, x1 - x0, 8))
+        end = max(self.replay_end, 1e-6)
+        for e in self.replay_events:
+            if e["kind"] in ("pass", "dsa", "complication", "deploy", "roadmap"):
+                col = {"pass": (120, 220, 120), "complication": (255, 90, 90)}.get(e["kind"], (150, 170, 255))
+                xe = x0 + (x1 - x0) * min(e["t_s"] / end, 1.0)
+                pg.draw.line(self.screen, col, (xe, y - 6), (xe, y + 14), 2)
+        xc = x0 + (x1 - x0) * min(self.proc.time_s / end, 1.0)
+        pg.draw.rect(self.screen, (255, 230, 120), (xc - 3, y - 8, 6, 24))
+        self._text(tr("replay_hint", self.lang, speed=self.replay_speed, t=_fmt_t(self.proc.time_s),
+                      end=_fmt_t(self.replay_end)), x0, y + 18, self.small, (200, 200, 200))
 
     def _draw_debrief(self) -> None:
         s = self.score
