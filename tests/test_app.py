@@ -121,3 +121,14 @@ def test_replay_unknown_session(tmp_path, monkeypatch, capsys):
     script.write_text('{"at_s": 0.1, "quit": true}', encoding="utf-8")
     assert main(["replay", "deadbeef", "--headless", "--script", str(script)]) == 2
     assert "no such session" in capsys.readouterr().err
+
+
+def test_mouse_wheel_advances_and_drag_turns(tmp_path):
+    from iratrainer.app.trainer import TrainerApp
+
+    script = [{"at_s": 0.1, "press": "RETURN"}, {"at_s": 0.2, "press": "I"}, {"at_s": 0.3, "wheel": 10},
+              {"at_s": 0.4, "drag": 90}, {"at_s": 2.0, "quit": True}]
+    app = TrainerApp("nav-arch-lcca", headless=True, script=script, settings_path=str(tmp_path / "none.toml"))
+    app.run()
+    dev = app.proc.stack.devices[0]
+    assert dev.inserted_mm == pytest.approx(50.0, abs=0.5) and dev.phi_deg == pytest.approx(90.0, abs=0.5)

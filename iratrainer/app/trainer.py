@@ -9,7 +9,8 @@ next pulse.
 
 ``--headless --script FILE --screenshot-dir DIR`` drives the same app with recorded
 inputs (JSON lines: ``{"at_s": 2.0, "press": "RETURN"}``, ``{"at_s": 3.0, "hold": "UP",
-"for_s": 2.0}``, ``{"at_s": 6.0, "screenshot": "fluoro"}``, ``{"at_s": 9.0, "quit": true}``)
+"for_s": 2.0}``, ``{"at_s": 6.0, "screenshot": "fluoro"}``, ``{"at_s": 7.0, "wheel": 4}`` (mouse wheel notches),
+``{"at_s": 8.0, "drag": 90}`` (horizontal drag, pixels), ``{"at_s": 9.0, "quit": true}``)
 on SDL's offscreen driver, at exactly one frame per 1/30 s of app time, and saves the
 screenshots as PNG.
 """
@@ -91,6 +92,21 @@ def load_settings(path: Path | None = None, warn: Any = None) -> Settings:
     return Settings(lang, keys)
 
 
+def _load_library() -> tuple[list[Any], list[str]]:
+    """The shipped cases that load, and one line per case that does not (shown in the menu)."""
+    from iratrainer.scenario.case import LEVELS, case_dirs, load_case
+
+    cases, errors = [], []
+    for d in case_dirs():
+        for f in sorted(d.glob("*.toml")):
+            try:
+                cases.append(load_case(f))
+            except IratrainerError as exc:
+                errors.append(str(exc))
+    cases.sort(key=lambda c: (LEVELS.index(c.level), c.difficulty, c.id))
+    return cases, errors
+
+
 def _fmt_t(s: float) -> str:
     return f"{int(s) // 60:02d}:{int(s) % 60:02d}"
 
@@ -131,9 +147,9 @@ class TrainerApp:
                 self.shots.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise AppError(f"{self.shots}: cannot create the screenshot folder ({exc.strerror or exc})") from None
-        from iratrainer.scenario.case import list_cases, load_case, resolve_case
+        from iratrainer.scenario.case import load_case, resolve_case
 
-        self.cases = list_cases()
+        self.cases, self.case_errors = _load_library()
         self.store = None
         self._db = db
         self.trainee = trainee
@@ -156,6 +172,8 @@ class TrainerApp:
         self.message_until = 0.0
         self.score: Any = None
         self.latency_frames: list[int] = []
+        self.mouse_advance_mm = 0.0
+        self.mouse_rotate_deg = 0.0
         self.frame_times: list[float] = []
 
     # ------------------------------------------------------------------ script
@@ -219,6 +237,10 @@ class TrainerApp:
                         elif "screenshot" in r:
                             self._draw()
                             self._screenshot(str(r["screenshot"]))
+                        elif "wheel" in r and self.state == "procedure":  # mouse wheel notches
+                            self.mouse_advance_mm += 5.0 * float(r["wheel"])
+                        elif "drag" in r and self.state == "procedure":  # horizontal drag, pixels
+                            self.mouse_rotate_deg += 1.0 * float(r["drag"])
                     for until, key in list(holds):
                         if t_app >= until - 1e-9:
                             held.discard(key)
@@ -234,6 +256,10 @@ class TrainerApp:
                         held.add(name)
                     elif ev.type == pygame.KEYUP:
                         held.discard(pygame.key.name(ev.key).upper())
+                    elif ev.type == pygame.MOUSEWHEEL and self.state == "procedure":
+                        self.mouse_advance_mm += 5.0 * ev.y  # 5 mm per notch
+                    elif ev.type == pygame.MOUSEMOTION and ev.buttons[0] and self.state == "procedure":
+                        self.mouse_rotate_deg += 1.0 * ev.rel[0]  # 1 degree per pixel dragged
                 for _, key in events:
                     if not self._press(key):
                         running = False
@@ -293,7 +319,11 @@ class TrainerApp:
                 return False
         elif self.state == "briefing":
             if key in ("RETURN", "ENTER"):
-                self._start()
+                try:
+                    self._start()
+                except IratrainerError as exc:  # the anatomy or background does not load: back to the list
+                    self.message = str(exc)
+                    self.state = "menu"
             elif key == "ESCAPE":
                 self.state = "menu"
         elif self.state == "procedure":
@@ -450,6 +480,14 @@ class TrainerApp:
         speed = 10.0 if slow else 40.0
         adv = (speed if k["advance"] in held else 0.0) - (speed if k["retract"] in held else 0.0)
         rot = (180.0 if k["rotate_right"] in held else 0.0) - (180.0 if k["rotate_left"] in held else 0.0)
+        # mouse input accumulated since the last step, delivered within the hub's speed limits
+        dt = self.proc.dt
+        m_adv = float(np.clip(self.mouse_advance_mm / dt, -60.0, 60.0))
+        m_rot = float(np.clip(self.mouse_rotate_deg / dt, -720.0, 720.0))
+        self.mouse_advance_mm -= m_adv * dt
+        self.mouse_rotate_deg -= m_rot * dt
+        adv += m_adv
+        rot += m_rot
         c = Controls(self.hand, adv, rot, k["fluoro"] in held, self.biplane, self.pending)
         if (adv or rot or self.pending) and self._input_step is None:
             self._input_step = self.proc.step_index
@@ -543,6 +581,8 @@ class TrainerApp:
             col = (255, 230, 120) if k == self.sel else ((120, 120, 120) if locked else (220, 220, 220))
             suffix = f"  ({tr('locked', self.lang)})" if locked else ""
             y = self._text(f"{mark} {c.title[self.lang]}{suffix}", 60, y, self.small, col)
+        for err in self.case_errors[:3] + ([self.message] if self.message and self.state == "menu" else []):
+            y = self._wrap(err, 40, y + 6, W - 80, self.small)
         self._text(tr("menu_help", self.lang), 40, H - 40, self.small, (160, 160, 160))
 
     def _draw_briefing(self) -> None:
