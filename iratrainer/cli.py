@@ -412,6 +412,8 @@ def _cmd_play(args: argparse.Namespace) -> int:
                      args.settings, args.seed)
     for w in app.warnings:
         print(f"iratrainer: warning: {w}", file=sys.stderr)
+    if args.resume:
+        app.resume(args.resume)
     return app.run()
 
 
@@ -633,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--screenshot-dir", help="where --script screenshots go")
     pl.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
     pl.add_argument("--seed", type=_seed, default=0, help="session seed")
+    pl.add_argument("--resume", metavar="SESSION_ID", help="continue a session a crash interrupted")
     pl.set_defaults(func=_cmd_play)
 
     rpl = sub.add_parser("replay", help="replay a recorded session, with a timeline to scrub",

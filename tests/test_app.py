@@ -132,3 +132,40 @@ def test_mouse_wheel_advances_and_drag_turns(tmp_path):
     app.run()
     dev = app.proc.stack.devices[0]
     assert dev.inserted_mm == pytest.approx(50.0, abs=0.5) and dev.phi_deg == pytest.approx(90.0, abs=0.5)
+
+
+def test_resume_after_a_crash_continues_the_same_session(tmp_path, monkeypatch):
+    """A session killed mid-way (records: aborted) is resumed: its controls replayed, then live."""
+    from iratrainer.records.store import Store
+
+    monkeypatch.setenv("IRATRAINER_DB", str(tmp_path / "r.db"))
+    assert main(["trainee", "add", "Inès"]) == 0
+    script = tmp_path / "s.jsonl"
+    rows = [{"at_s": 0.1, "press": "RETURN"}, {"at_s": 0.2, "press": "I"}, {"at_s": 0.3, "hold": "UP", "for_s": 3.0},
+            {"at_s": 3.5, "quit": True}]
+    script.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    from iratrainer.app.trainer import TrainerApp
+
+    app = TrainerApp("nav-arch-lcca", "Inès", None, True, str(script), None, str(tmp_path / "none.toml"))
+    app._abort = lambda: None  # the process dies: nothing closes the session
+    app.run()
+    inserted_before = app.proc.stack.devices[0].inserted_mm
+    s = Store(tmp_path / "r.db")  # reopening marks it aborted
+    (row,) = s.sessions()
+    assert row["status"] == "aborted"
+    s.close()
+    more = tmp_path / "m.jsonl"
+    more.write_text("\n".join(json.dumps(r) for r in [{"at_s": 0.1, "hold": "UP", "for_s": 1.0},
+                                                       {"at_s": 1.5, "press": "E"}, {"at_s": 2.0, "quit": True}]))
+    app2 = TrainerApp(None, None, None, True, str(more), None, str(tmp_path / "none.toml"))
+    app2.resume(row["id"][:8])
+    from iratrainer.records.recorder import FLUSH_EVERY_S
+
+    resumed = app2.proc.stack.devices[0].inserted_mm
+    assert 0.0 < resumed <= inserted_before  # at most the last batch (2 s of a 40 mm/s push) is lost
+    assert inserted_before - resumed <= 40.0 * (FLUSH_EVERY_S + 0.1) + 1.0
+    app2.run()
+    s = Store(tmp_path / "r.db")
+    (row2,) = s.sessions()
+    assert row2["id"] == row["id"] and row2["status"] == "completed"
+    assert any(e["kind"] == "end" for e in s.events_of(row["id"]))

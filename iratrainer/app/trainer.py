@@ -408,6 +408,32 @@ class TrainerApp:
         self._replay_restart()
         self.state = "replay"
 
+    def resume(self, session: str) -> None:
+        """Continue a session a crash interrupted: replay its recorded controls, then play on live,
+        recording into the same session."""
+        from iratrainer.records.recorder import SessionRecorder
+
+        self.open_replay(session)
+        row = next(r for r in self.store.sessions() if r["id"].startswith(session))
+        self.replay_playing = False
+        reached = float(row.get("sim_time_s") or 0.0)  # where the last committed batch had got to
+        while self.proc.time_s < reached - 1e-9 and not self.proc.terminated:
+            self._replay_step(render=False)
+        if self.proc.terminated:
+            raise AppError(f"session {row['id'][:8]} had already ended; replay it instead")
+        self.trainee = row["trainee"]
+        self.sid = row["id"]
+        self.control_log = list(self.replay_log)
+        self._prev_controls = replace(self.replay_cur, action="")
+        self.pending = ""
+        with self.store.db.conn:
+            self.store.db["sessions"].update(self.sid, {"status": "running"})
+        self.rec = SessionRecorder(self.store, self.sid)
+        self.rec._events_sent = self.store.db["events"].count_where("session_id = ?", [self.sid])
+        self.rec._controls_sent = len(self.control_log)
+        self.rec._last_flush_t = self.proc.time_s
+        self.state = "procedure"
+
     def _replay_restart(self) -> None:
         from iratrainer.imaging.chain import PlaneChain
         from iratrainer.imaging.dose import DoseMeter

@@ -50,10 +50,10 @@ class SessionRecorder:
             item = self._q.get()
             if item is None:
                 return
-            events, controls, first = item
+            events, controls, first, t_sim = item
             t0 = time.perf_counter()
             try:
-                self.store.append(self.sid, events, controls, first)
+                self.store.append(self.sid, events, controls, first, t_sim)
             except BaseException as exc:  # noqa: BLE001 - reported by finish()
                 self.error = exc
             self.longest_write_s = max(self.longest_write_s, time.perf_counter() - t0)
@@ -66,8 +66,7 @@ class SessionRecorder:
         t0 = time.perf_counter()
         ev = [e.as_dict() for e in proc.events[self._events_sent:]]
         co = [(self._controls_sent + k, step, asdict(c)) for k, (step, c) in enumerate(control_log[self._controls_sent:])]
-        if ev or co:
-            self._q.put((ev, co, self._events_sent))
+        self._q.put((ev, co, self._events_sent, proc.time_s))
         self._events_sent += len(ev)
         self._controls_sent += len(co)
         self._last_flush_t = proc.time_s

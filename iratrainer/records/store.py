@@ -166,8 +166,11 @@ class Store:
         return sid
 
     def append(self, sid: str, events: Iterable[dict[str, Any]], controls: Iterable[tuple[int, int, dict[str, Any]]],
-               first_seq: int) -> None:
-        """Write a batch of events (seq from ``first_seq``) and controls ((seq, step, controls))."""
+               first_seq: int, sim_time_s: float | None = None) -> None:
+        """Write a batch of events (seq from ``first_seq``) and controls ((seq, step, controls)).
+
+        ``sim_time_s``: how far the session had got (a resume replays to there).
+        """
         ev = [{"session_id": sid, "seq": first_seq + k, "t_s": e["t_s"], "kind": e["kind"],
                "data": json.dumps({x: y for x, y in e.items() if x not in ("t_s", "kind")})}
               for k, e in enumerate(events)]
@@ -177,6 +180,8 @@ class Store:
                 self.db["events"].insert_all(ev, replace=True)
             if co:
                 self.db["controls"].insert_all(co, replace=True)
+            if sim_time_s is not None:
+                self.db["sessions"].update(sid, {"sim_time_s": float(sim_time_s)})
 
     def finish_session(self, sid: str, metrics: dict[str, Any], score: dict[str, Any], status: str = "completed",
                        duration_s: float = 0.0) -> None:
