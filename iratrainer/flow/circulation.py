@@ -225,12 +225,10 @@ class Circulation:
     def advance(self, dt_s: float) -> None:
         """Move flow and contrast on by ``dt_s`` seconds."""
         self._refresh()
-        q = self.solution.cell_q
         for ex in self.extravasations:
             c = float(self.contrast.cell_iodine[ex.cell])
             ex.volume_mm3 += ex.leak_mm3_s * dt_s
             ex.iodine_mg += c * ex.leak_mm3_s * dt_s / 1000.0
-        del q
         self.contrast.advance(dt_s)
         self._venous(dt_s)
 

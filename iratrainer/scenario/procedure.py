@@ -183,6 +183,7 @@ class Procedure:
         self._pulse_next = 0.0
         self._last_visited = len(self.stack.visited)
         self._on_path = self._route_labels()
+        self._goal_labels = set(self.tree.subtree(case.goal.target))
         self._deploy: _Deployment | None = None
         self._clot_range_cache: dict[int, tuple[Any, Any]] = {}
         self._stent_was_sheathed = False
@@ -604,7 +605,6 @@ class Procedure:
                     self.log(self.time_s, "success", tici=self.tici)
                     self.outcome = "success"
             return
-        t = self.tree
         lead = max(self.stack.devices, key=lambda d: d.inserted_mm)
         lab = self.stack.label_at(lead.inserted_mm)
         if "arch_navigation" not in self.phases and self._supra_aortic(lab):
@@ -628,7 +628,7 @@ class Procedure:
         goal = self.case.goal
         if goal.kind == "navigate":
             devs = [d for d in self.stack.devices if goal.device in ("", d.name, d.spec.kind)]
-            inside = any(self.stack.label_at(d.inserted_mm) in set(t.subtree(goal.target)) for d in devs)
+            inside = any(self.stack.label_at(d.inserted_mm) in self._goal_labels for d in devs)
             if inside:
                 if self._goal_since is None:
                     self._goal_since = self.time_s
