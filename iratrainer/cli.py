@@ -409,7 +409,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
     if args.headless and not args.script:
         raise IratrainerError("play --headless needs --script FILE (recorded inputs, JSON lines)")
     app = TrainerApp(args.case, args.trainee, args.db, args.headless, args.script, args.screenshot_dir,
-                     args.settings, args.seed)
+                     args.settings, args.seed, exam=args.exam, display=args.display)
     for w in app.warnings:
         print(f"iratrainer: warning: {w}", file=sys.stderr)
     if args.resume:
@@ -422,7 +422,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     if args.headless and not args.script:
         raise IratrainerError("replay --headless needs --script FILE (recorded inputs, JSON lines)")
-    app = TrainerApp(None, None, args.db, args.headless, args.script, args.screenshot_dir, args.settings)
+    app = TrainerApp(None, None, args.db, args.headless, args.script, args.screenshot_dir, args.settings,
+                     display=args.display)
     app.open_replay(args.session)
     return app.run()
 
@@ -636,6 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
     pl.add_argument("--seed", type=_seed, default=0, help="session seed")
     pl.add_argument("--resume", metavar="SESSION_ID", help="continue a session a crash interrupted")
+    pl.add_argument("--exam", action="store_true", help="exam mode: no 3-D overview, recorded as an exam")
+    pl.add_argument("--display", choices=("auto", "opengl", "software"),
+                    help="OpenGL window or pygame's software display (default: the settings', auto)")
     pl.set_defaults(func=_cmd_play)
 
     rpl = sub.add_parser("replay", help="replay a recorded session, with a timeline to scrub",
@@ -646,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     rpl.add_argument("--script", help="recorded inputs, JSON lines")
     rpl.add_argument("--screenshot-dir", help="where --script screenshots go")
     rpl.add_argument("--settings", help="settings file")
+    rpl.add_argument("--display", choices=("auto", "opengl", "software"), help="OpenGL or software display")
     rpl.set_defaults(func=_cmd_replay)
 
     tr = sub.add_parser("trainee", help="add and list trainees in the records database")

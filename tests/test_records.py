@@ -45,7 +45,30 @@ def test_store_migrates_once_and_uses_wal(db):
     assert s.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     s.close()
     s2 = Store(db)
-    assert [r["name"] for r in s2.db["_migrations"].rows] == ["0001_initial"]
+    assert [r["name"] for r in s2.db["_migrations"].rows] == ["0001_initial", "0002_session_mode"]
+
+
+def test_a_version_1_database_migrates_and_keeps_its_sessions(tmp_path):
+    """A database written before sessions had a mode: opened by this version, its rows stay
+    and read as practice sessions."""
+    import sqlite3
+
+    import sqlite_utils
+
+    from iratrainer.records.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(sqlite3.connect(str(path)))
+    old["_migrations"].create({"name": str, "applied_at": str}, pk="name")
+    MIGRATIONS[0][1](old)
+    old["_migrations"].insert({"name": "0001_initial", "applied_at": "2026-01-01T00:00:00"})
+    old["trainees"].insert({"id": 1, "name": "Ana"})
+    old["sessions"].insert({"id": "s1", "trainee_id": 1, "case_id": "c", "status": "completed", "score": 80.0})
+    old.conn.commit()
+    old.conn.close()
+    s = Store(path)
+    rows = list(s.db["sessions"].rows)
+    assert rows[0]["id"] == "s1" and rows[0]["score"] == 80.0 and rows[0]["mode"] == "practice"
 
 
 def test_unknown_trainee_suggests_close_names(db):

@@ -188,6 +188,27 @@ def test_dose_and_contrast_are_tallied():
     assert m["dap_gy_cm2"] > 0 and m["kar_mgy"] > 0
 
 
+@pytest.mark.parametrize("pps", [3.75, 15.0, 30.0])
+def test_pulse_rate_sets_pulses_and_dose_rate_not_dose_per_pulse(pps):
+    """Dose per pulse and pulse rate are independent (Balter 2014): doubling the rate doubles
+    the pulses and the fluoroscopy DAP over the same pedal time; the fluoroscopy time does not change."""
+    runs = {}
+    for rate in (7.5, pps):
+        proc = Procedure(load_case(DEFAULT), 0)
+        proc.step(Controls(action="insert:balloon_guide_8F"))
+        proc.step(Controls(action=f"pulse:{rate:g}"))
+        pulses = 0
+        for _ in range(120):  # 4 s, frontal only
+            proc.step(Controls(device="balloon_guide_8F", advance_mm_s=20.0, fluoro=True, biplane=False))
+            pulses += len(proc.exposures_this_step)
+        runs[rate] = (pulses, proc.dose.dap_gy_cm2, proc.dose.fluoro_time_s)
+    assert runs[7.5][0] == 30 and runs[pps][0] == round(4 * pps)
+    assert runs[pps][1] / runs[7.5][1] == pytest.approx(pps / 7.5, rel=1e-9)
+    assert runs[pps][2] == pytest.approx(runs[7.5][2], abs=2 / 7.5)
+    proc.step(Controls(action="pulse:12"))
+    assert proc.events[-1].kind == "refused" and "3.75" in proc.events[-1].data["reason"]
+
+
 def test_time_limit_truncates():
     case = replace(load_case(DEFAULT), time_limit_min=0.05)
     proc = Procedure(case, 0)

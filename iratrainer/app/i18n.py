@@ -13,11 +13,10 @@ __all__ = ["STRINGS", "tr", "default_language"]
 
 STRINGS: dict[str, dict[str, str]] = {
     "title": {"fr": "iratrainer — simulateur de thrombectomie", "en": "iratrainer — thrombectomy simulator"},
-    "menu_help": {"fr": "↑↓ choisir un cas · Entrée : commencer · L : English · Échap : quitter",
-                  "en": "↑↓ choose a case · Enter: start · L: français · Esc: quit"},
+    "menu_help": {"fr": "Haut/Bas : choisir un cas · Entrée : commencer · L : English · Échap : quitter",
+                  "en": "Up/Down: choose a case · Enter: start · L: français · Esc: quit"},
     "trainee": {"fr": "Interne : {name}", "en": "Trainee: {name}"},
-    "no_trainee": {"fr": "Interne : (non enregistré, --trainee NOM pour enregistrer)",
-                   "en": "Trainee: (not recorded, --trainee NAME to record)"},
+    "no_trainee": {"fr": "Interne : (non enregistré)", "en": "Trainee: (not recorded)"},
     "locked": {"fr": "verrouillé", "en": "locked"},
     "level_navigation_basics": {"fr": "Bases de navigation", "en": "Navigation basics"},
     "level_arch": {"fr": "Crosse aortique", "en": "Aortic arch"},
@@ -46,14 +45,24 @@ STRINGS: dict[str, dict[str, str]] = {
     "warn_dose": {"fr": "ATTENTION : dose élevée", "en": "WARNING: high dose"},
     "message_refused": {"fr": "Impossible : {reason}", "en": "Not possible: {reason}"},
     "help_title": {"fr": "Commandes (H pour fermer)", "en": "Controls (H to close)"},
-    "help_lines": {"fr": "1-9 choisir le matériel · ↑/↓ pousser/retirer (Maj : lent) · ←/→ rotation · "
-                         "Espace (maintenir) : scopie · D : DSA · R : feuille de route · I/N/P : insérer / "
-                         "choisir sur la table · X : retirer le matériel · B : ballonnet · A : aspiration · "
-                         "V : biplan · Échap : pause · E : terminer · L : langue",
+    "help_lines": {"fr": "1-9 choisir le matériel · Haut/Bas : pousser/retirer (Maj : lent) · Gauche/Droite : rotation · "
+                         "Espace (maintenir) : scopie · F : cadence de scopie · D : DSA · R : feuille de route · "
+                         "I/N/P : insérer / choisir sur la table · X : retirer le matériel · B : ballonnet · "
+                         "A : aspiration · V : biplan · O : vue 3-D · Échap : pause · E : terminer · L : langue",
                    "en": "1-9 pick the device · Up/Down push/pull (Shift: slow) · Left/Right torque · "
-                         "Space (hold): fluoroscopy · D: DSA · R: roadmap · I/N/P: insert / pick on the table · "
-                         "X: remove the device · B: balloon · A: aspiration · V: biplane · Esc: pause · E: end · "
-                         "L: language"},
+                         "Space (hold): fluoroscopy · F: pulse rate · D: DSA · R: roadmap · I/N/P: insert / pick on "
+                         "the table · X: remove the device · B: balloon · A: aspiration · V: biplane · O: 3-D view · "
+                         "Esc: pause · E: end · L: language"},
+    "help_mouse": {"fr": "Souris : molette = pousser/retirer (5 mm par cran) · glisser à gauche/droite = rotation",
+                   "en": "Mouse: wheel = push/pull (5 mm a notch) · drag left/right = torque"},
+    "help_gamepad": {"fr": "Manette : stick gauche = pousser/retirer · stick droit = rotation · gâchette droite = "
+                           "scopie · A : DSA · B : feuille de route · X : insérer · Y : retirer · LB/RB : matériel "
+                           "en main · croix gauche/droite : table, haut/bas : cadence · Start : pause · Back : aide",
+                     "en": "Gamepad: left stick = push/pull · right stick = torque · right trigger = fluoroscopy · "
+                           "A: DSA · B: roadmap · X: insert · Y: remove · LB/RB: device in hand · cross left/right: "
+                           "table, up/down: pulse rate · Start: pause · Back: help"},
+    "help_settings": {"fr": "Touches et manette : réglages dans {path}",
+                      "en": "Keys and gamepad: settings in {path}"},
     "paused": {"fr": "Pause — Échap : reprendre · Q : abandonner", "en": "Paused — Esc: resume · Q: abort"},
     "debrief": {"fr": "Débriefing", "en": "Debrief"},
     "outcome_success": {"fr": "Réussite", "en": "Success"},
@@ -74,8 +83,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "comp_safety": {"fr": "sécurité", "en": "safety"},
     "demo_written": {"fr": "Écrans du simulateur (cas par défaut) écrits dans {path}",
                      "en": "Trainer screens (default case) written to {path}"},
-    "replay_hint": {"fr": "Relecture ×{speed} — {t} / {end} — Espace : lecture/pause · ←/→ : ±10 s · ↑/↓ : vitesse · "
-                          "Échap : quitter",
+    "replay_hint": {"fr": "Relecture ×{speed} — {t} / {end} — Espace : lecture/pause · Gauche/Droite : ±10 s · "
+                          "Haut/Bas : vitesse · Échap : quitter",
                     "en": "Replay ×{speed} — {t} / {end} — Space: play/pause · Left/Right: ±10 s · Up/Down: speed · "
                           "Esc: quit"},
     "improve": {"fr": "À améliorer :", "en": "To improve:"},
@@ -84,6 +93,24 @@ STRINGS: dict[str, dict[str, str]] = {
                          "ou « iratrainer run CAS --headless --autopilot expert --out DOSSIER ».",
                    "en": "No display: run 'iratrainer play --headless --script FILE --screenshot-dir DIR' or "
                          "'iratrainer run CASE --headless --autopilot expert --out DIR'."},
+    "who_trains": {"fr": "Qui s'entraîne ?", "en": "Who is training?"},
+    "new_trainee": {"fr": "+ Nouvel interne", "en": "+ New trainee"},
+    "no_recording": {"fr": "Continuer sans enregistrer", "en": "Continue without recording"},
+    "records_at": {"fr": "Dossiers : {path}", "en": "Records: {path}"},
+    "trainee_help": {"fr": "Haut/Bas : choisir · Entrée : valider · L : English · Échap : quitter",
+                     "en": "Up/Down: choose · Enter: confirm · L: français · Esc: quit"},
+    "type_name": {"fr": "Nom (prénom et nom) :", "en": "Name (first and last):"},
+    "new_trainee_help": {"fr": "Entrée : créer · Retour arrière : effacer · Échap : annuler",
+                         "en": "Enter: create · Backspace: erase · Esc: cancel"},
+    "change_trainee": {"fr": "(T : changer)", "en": "(T: change)"},
+    "hud_pulse": {"fr": "Scopie pulsée {pps:g} i/s", "en": "Pulsed fluoro {pps:g} p/s"},
+    "overview_title": {"fr": "Vue 3-D (O)", "en": "3-D view (O)"},
+    "overview_exam": {"fr": "Mode examen : pas de vue 3-D", "en": "Exam mode: no 3-D view"},
+    "exam_mode": {"fr": "MODE EXAMEN", "en": "EXAM MODE"},
+    "notice_software": {"fr": "Affichage logiciel (sans OpenGL) : {why}",
+                        "en": "Software display (no OpenGL): {why}"},
+    "notice_no_gpu": {"fr": "Pas de carte graphique : {what} (rendu logiciel de Mesa)",
+                      "en": "No GPU: {what} (Mesa's software rasterizer)"},
     "settings_warning": {"fr": "{path} : réglages illisibles ({why}) ; valeurs par défaut utilisées",
                          "en": "{path}: unreadable settings ({why}); using the defaults"},
 }

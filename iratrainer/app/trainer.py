@@ -21,17 +21,17 @@ import json
 import os
 import sys
 import time
-import tomllib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from iratrainer.app.controls import DEFAULT_KEYS, Gamepad, Settings, load_settings
 from iratrainer.app.i18n import default_language, tr
 from iratrainer.errors import IratrainerError
 
-__all__ = ["TrainerApp", "AppError", "load_settings", "DEFAULT_KEYS", "DEMO_SCRIPT"]
+__all__ = ["TrainerApp", "AppError", "Settings", "load_settings", "DEFAULT_KEYS", "DEMO_SCRIPT"]
 
 # what `iratrainer` shows on a machine without a display: the default case's briefing,
 # a few seconds of biplane fluoroscopy while the guide goes in, and the help overlay
@@ -44,52 +44,18 @@ DEMO_SCRIPT = [
 
 W, H = 1280, 800
 IMG = 512
+OVERVIEW = 240  # side of the 3-D overview panel, pixels
 FPS = 30
 MAX_CATCH_UP = 4
-
-DEFAULT_KEYS: dict[str, str] = {
-    "advance": "UP", "retract": "DOWN", "rotate_left": "LEFT", "rotate_right": "RIGHT", "fluoro": "SPACE",
-    "dsa": "D", "roadmap": "R", "insert": "I", "next_table": "N", "prev_table": "P", "remove": "X",
-    "balloon": "B", "aspiration": "A", "biplane": "V", "help": "H", "pause": "ESCAPE", "end": "E",
-    "language": "L", "abort": "Q",
-}
-
 
 class AppError(IratrainerError):
     """The trainer cannot start (no display, a broken script)."""
 
 
-@dataclass
-class Settings:
-    """User settings (``settings.toml`` in the user config folder)."""
+def _default_settings_path() -> str:
+    from platformdirs import user_config_dir
 
-    language: str
-    keys: dict[str, str]
-
-
-def load_settings(path: Path | None = None, warn: Any = None) -> Settings:
-    """Read the settings; a missing file gives the defaults, a corrupt one the defaults and a warning."""
-    lang = default_language()
-    keys = dict(DEFAULT_KEYS)
-    if path is None:
-        from platformdirs import user_config_dir
-
-        path = Path(os.environ.get("IRATRAINER_HOME") or user_config_dir("iratrainer")) / "settings.toml"
-    if not path.exists():
-        return Settings(lang, keys)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        if data.get("language") in ("fr", "en"):
-            lang = data["language"]
-        for action, key in (data.get("keys") or {}).items():
-            if action not in keys or not isinstance(key, str):
-                raise ValueError(f"keys.{action}: unknown action or not a key name")
-            keys[action] = key.upper()
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ValueError) as exc:
-        if warn:
-            warn(tr("settings_warning", lang, path=path, why=exc))
-        return Settings(lang, dict(DEFAULT_KEYS))
-    return Settings(lang, keys)
+    return str(Path(os.environ.get("IRATRAINER_HOME") or user_config_dir("iratrainer")) / "settings.toml")
 
 
 def _load_library() -> tuple[list[Any], list[str]]:
@@ -122,12 +88,16 @@ class TrainerApp:
         script: recorded inputs (headless).
         screenshot_dir: where headless screenshots go.
         settings_path: a settings file (default: the user config folder).
+        seed: the session seed.
+        exam: exam mode: no 3-D overview, recorded as an exam session.
+        display: ``auto`` (OpenGL, else software), ``opengl`` or ``software``; default the settings'.
     """
 
     def __init__(self, case_path: str | None = None, trainee: str | None = None, db: str | None = None,
                  headless: bool = False, script: str | list[dict[str, Any]] | None = None,
                  screenshot_dir: str | None = None,
-                 settings_path: str | None = None, seed: int = 0) -> None:
+                 settings_path: str | None = None, seed: int = 0, exam: bool = False,
+                 display: str | None = None) -> None:
         if headless:
             os.environ["SDL_VIDEODRIVER"] = "offscreen"
             os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
@@ -137,8 +107,17 @@ class TrainerApp:
         self.headless = headless
         self.warnings: list[str] = []
         self.settings = load_settings(Path(settings_path) if settings_path else None, self.warnings.append)
+        self._settings_path = settings_path or _default_settings_path()
         self.lang = self.settings.language
         self.seed = seed
+        self.exam = exam
+        self.display_mode = display or self.settings.display
+        if self.display_mode not in ("auto", "opengl", "software"):
+            raise AppError(f"display '{self.display_mode}': choose auto, opengl or software")
+        self.show_overview = self.settings.overview and not exam
+        self.gamepad = Gamepad(self.settings.gamepad)
+        self.gl: Any = None
+        self.display_notice = ""
         self.script = (self._load_script(script) if isinstance(script, str) else sorted(
             script, key=lambda r: float(r["at_s"]))) if script else []
         self.shots = Path(screenshot_dir) if screenshot_dir else None
@@ -160,7 +139,10 @@ class TrainerApp:
             self.store.trainee_id(trainee)
         self.unlocked = self._unlocked_levels()
         self.sel = 0
-        self.state = "menu"
+        self.state = "menu" if (trainee or case_path) else "trainee"  # who is training, first
+        self.trainee_sel = 0
+        self.new_name = ""
+        self.trainee_error = ""
         self.case = None
         if case_path:
             self.case = load_case(resolve_case(case_path))
@@ -175,6 +157,7 @@ class TrainerApp:
         self.mouse_advance_mm = 0.0
         self.mouse_rotate_deg = 0.0
         self.frame_times: list[float] = []
+        self._text_cache: dict[tuple[str, int, tuple[int, int, int]], Any] = {}
 
     # ------------------------------------------------------------------ script
     @staticmethod
@@ -192,7 +175,7 @@ class TrainerApp:
     def _unlocked_levels(self) -> set[str]:
         from iratrainer.records.curriculum import progress
 
-        if self.store is None:
+        if self.store is None or not self.trainee:
             return {c.level for c in self.cases}
         ss = self.store.sessions(trainee_id=self.store.trainee_id(self.trainee))
         return {lv["level"] for lv in progress(ss, self.cases) if lv["unlocked"]}
@@ -203,11 +186,8 @@ class TrainerApp:
         import pygame
 
         pygame.init()
-        try:
-            self.screen = pygame.display.set_mode((W, H))
-        except pygame.error as exc:
-            pygame.quit()
-            raise AppError(f"{tr('no_display', self.lang)} ({exc})") from None
+        self._open_display(pygame)
+        pygame.joystick.init()
         pygame.display.set_caption(tr("title", self.lang))
         self.font = pygame.font.Font(None, 24)
         self.small = pygame.font.Font(None, 20)
@@ -241,6 +221,11 @@ class TrainerApp:
                             self.mouse_advance_mm += 5.0 * float(r["wheel"])
                         elif "drag" in r and self.state == "procedure":  # horizontal drag, pixels
                             self.mouse_rotate_deg += 1.0 * float(r["drag"])
+                        elif "text" in r:  # typed text (a trainee's name), as the keyboard's TEXTINPUT
+                            pygame.event.post(pygame.event.Event(pygame.TEXTINPUT, {"text": str(r["text"])}))
+                        elif "gamepad" in r:  # through pygame's queue, as a real pad's events
+                            for ev in self._gamepad_events(pygame, r["gamepad"]):
+                                pygame.event.post(ev)
                     for until, key in list(holds):
                         if t_app >= until - 1e-9:
                             held.discard(key)
@@ -254,12 +239,27 @@ class TrainerApp:
                         name = pygame.key.name(ev.key).upper()
                         events.append(("press", name))
                         held.add(name)
+                    elif ev.type == pygame.TEXTINPUT and self.state == "new_trainee":
+                        self.new_name = (self.new_name + ev.text)[:60]
                     elif ev.type == pygame.KEYUP:
                         held.discard(pygame.key.name(ev.key).upper())
                     elif ev.type == pygame.MOUSEWHEEL and self.state == "procedure":
                         self.mouse_advance_mm += 5.0 * ev.y  # 5 mm per notch
                     elif ev.type == pygame.MOUSEMOTION and ev.buttons[0] and self.state == "procedure":
                         self.mouse_rotate_deg += 1.0 * ev.rel[0]  # 1 degree per pixel dragged
+                    elif ev.type == pygame.JOYDEVICEADDED:
+                        pad = pygame.joystick.Joystick(ev.device_index)
+                        self.gamepad.pads[pad.get_instance_id()] = pad
+                    elif ev.type == pygame.JOYDEVICEREMOVED:
+                        self.gamepad.pads.pop(ev.instance_id, None)
+                        self.gamepad.release()
+                    elif ev.type == pygame.JOYAXISMOTION:
+                        self.gamepad.axis(ev.axis, ev.value)
+                    elif ev.type == pygame.JOYBUTTONDOWN:
+                        events.extend(("press", k) for k in self._gamepad_keys(self.gamepad.button(ev.button),
+                                                                               button=ev.button))
+                    elif ev.type == pygame.JOYHATMOTION:
+                        events.extend(("press", k) for k in self._hat_keys(ev.value))
                 for _, key in events:
                     if not self._press(key):
                         running = False
@@ -278,7 +278,7 @@ class TrainerApp:
                     if self.proc.terminated:
                         self._finish()
                 self._draw()
-                pygame.display.flip()
+                self._present()
                 self.frame_times.append(time.perf_counter() - t0)
                 t_app += dt_frame
                 if max_seconds is not None and t_app >= max_seconds:
@@ -291,19 +291,123 @@ class TrainerApp:
             pygame.quit()
         return 0
 
+    def _open_display(self, pygame: Any) -> None:
+        """An OpenGL window when asked and possible, else pygame's software display, with a notice."""
+        if self.display_mode in ("auto", "opengl"):
+            from iratrainer.app.glview import GlDisplay, GlUnavailable
+
+            try:
+                self.gl = GlDisplay(pygame, (W, H))
+            except GlUnavailable as exc:
+                self.display_notice = tr("notice_software", self.lang, why=exc)
+                pygame.display.quit()
+                pygame.display.init()
+            else:
+                self.screen = pygame.Surface((W, H), pygame.SRCALPHA)
+                if self.gl.software:
+                    self.display_notice = tr("notice_no_gpu", self.lang, what=self.gl.description)
+        if self.gl is None:
+            try:
+                self.screen = pygame.display.set_mode((W, H))
+            except pygame.error as exc:
+                pygame.quit()
+                raise AppError(f"{tr('no_display', self.lang)} ({exc})") from None
+        if self.display_notice:
+            self.warnings.append(self.display_notice)
+        self._gl_images: list[tuple[str, Any, tuple[int, int, int, int]]] = []
+
+    def _ui_rects(self) -> list[tuple[int, int, int, int]] | None:
+        """Where the interface draws over the OpenGL images: everything but the images, except
+        their name labels; the whole window when an overlay (help, pause) covers them."""
+        if not self._gl_images or self.help or self.paused:
+            return None
+        rects = [(0, 0, W, 20), (0, 20 + IMG, W, H - 20 - IMG), (0, 20, 40, IMG)]
+        xs = sorted(r[2][0] for r in self._gl_images)
+        for k, x in enumerate(xs):
+            right = xs[k + 1] if k + 1 < len(xs) else W
+            rects.append((x + IMG, 20, right - x - IMG, IMG))
+            rects.append((x, 20, 140, 26))  # the plane's name
+        return rects
+
+    def _present(self) -> None:
+        if self.gl is not None:
+            self.gl.present(self.screen, self._gl_images, ui_rects=self._ui_rects())
+        else:
+            self.pg.display.flip()
+
     def _screenshot(self, name: str) -> None:
-        if self.shots is not None:
-            self.pg.image.save(self.screen, str(self.shots / f"{name}.png"))
+        if self.shots is None:
+            return
+        path = str(self.shots / f"{name}.png")
+        if self.gl is not None:  # what OpenGL drew, read back from the frame buffer
+            self.gl.present(self.screen, self._gl_images, swap=False, ui_rects=self._ui_rects())
+            rgb = self.gl.read_rgb()
+            self.pg.image.save(self.pg.surfarray.make_surface(np.ascontiguousarray(rgb.transpose(1, 0, 2))), path)
+        else:
+            self.pg.image.save(self.screen, path)
 
     # ------------------------------------------------------------------ input
     def _key(self, action: str) -> str:
         return self.settings.keys[action]
 
+    @staticmethod
+    def _gamepad_events(pygame: Any, row: dict[str, Any]) -> list[Any]:
+        """The pygame events a script's gamepad row stands for: ``{"axis": 1, "value": -1.0}``,
+        ``{"button": 0}`` (down and up), ``{"hat": [1, 0]}``."""
+        base = {"joy": 0, "instance_id": 0}
+        if "axis" in row:
+            return [pygame.event.Event(pygame.JOYAXISMOTION, {**base, "axis": int(row["axis"]),
+                                                              "value": float(row["value"])})]
+        if "button" in row:
+            b = {**base, "button": int(row["button"])}
+            return [pygame.event.Event(pygame.JOYBUTTONDOWN, b), pygame.event.Event(pygame.JOYBUTTONUP, b)]
+        if "hat" in row:
+            return [pygame.event.Event(pygame.JOYHATMOTION, {**base, "hat": 0, "value": tuple(row["hat"])})]
+        raise AppError(f"gamepad script row {row}: give axis and value, button, or hat")
+
+    def _gamepad_keys(self, action: str | None, button: int) -> list[str]:
+        """A gamepad button as the key presses it stands for in the current screen."""
+        if self.state != "procedure":  # menus: the first face button confirms, the second goes back
+            return {0: ["RETURN"], 1: ["ESCAPE"]}.get(button, [])
+        if action in ("next_device", "prev_device"):
+            names = [d.name for d in self.proc.stack.devices]
+            if names:
+                k = names.index(self.hand) if self.hand in names else -1
+                self.hand = names[(k + (1 if action == "next_device" else -1)) % len(names)]
+            return []
+        return [self.settings.keys[action]] if action in self.settings.keys else []
+
+    def _hat_keys(self, value: tuple[int, int]) -> list[str]:
+        """The cross pad: menus up/down; in the procedure, the device table (left/right) and the
+        pulse rate (up/down)."""
+        x, y = value
+        if self.state != "procedure":
+            return ["UP"] if y > 0 else (["DOWN"] if y < 0 else [])
+        k = self.settings.keys
+        if x:
+            return [k["next_table"] if x > 0 else k["prev_table"]]
+        if y:
+            return [k["pulse_rate"]]
+        return []
+
     def _press(self, key: str) -> bool:
         """A key went down; False to quit."""
         k = self.settings.keys
-        if key == k["language"] and self.state != "procedure":
+        if key == k["language"] and self.state not in ("procedure", "new_trainee"):
             self.lang = "en" if self.lang == "fr" else "fr"
+            return True
+        if self.state == "trainee":
+            return self._press_trainee(key)
+        if self.state == "new_trainee":
+            if key == "BACKSPACE":
+                self.new_name = self.new_name[:-1]
+            elif key in ("RETURN", "ENTER"):
+                self._create_trainee()
+            elif key == "ESCAPE":
+                self.state, self.trainee_error = "trainee", ""
+            return True
+        if self.state == "menu" and key == "T":
+            self.state, self.trainee_error = "trainee", ""
             return True
         if self.state == "menu":
             if key == "UP":
@@ -362,6 +466,17 @@ class TrainerApp:
                 self.pending = f"aspiration:{'off' if self.proc.aspiration else 'on'}"
             elif key == k["biplane"]:
                 self.biplane = not self.biplane
+            elif key == k["pulse_rate"]:
+                from iratrainer.scenario.procedure import PULSE_RATES
+
+                i = PULSE_RATES.index(self.proc.pulse_pps) if self.proc.pulse_pps in PULSE_RATES else 0
+                self.pending = f"pulse:{PULSE_RATES[(i + 1) % len(PULSE_RATES)]:g}"
+            elif key == k["overview"]:
+                if self.exam:
+                    self.message = tr("overview_exam", self.lang)
+                    self.message_until = self.proc.time_s + 3.0
+                else:
+                    self.show_overview = not self.show_overview
             elif key == k["end"]:
                 self.pending = "end"
         elif self.state == "replay":
@@ -380,6 +495,82 @@ class TrainerApp:
                 self.state = "menu"
                 self.unlocked = self._unlocked_levels()
         return True
+
+    # ------------------------------------------------------------------ trainee
+    def _trainee_store(self) -> Any:
+        """The records database, opened on first use; None (with the error shown) when it cannot be."""
+        if self.store is None:
+            from iratrainer.records.store import Store
+
+            try:
+                self.store = Store(self._db)
+            except IratrainerError as exc:
+                self.trainee_error = str(exc)
+                return None
+        return self.store
+
+    def _trainee_rows(self) -> list[str]:
+        store = self._trainee_store()
+        return [r["name"] for r in store.trainees()] if store is not None else []
+
+    def _press_trainee(self, key: str) -> bool:
+        names = self._trainee_rows()
+        n = len(names) + 2  # the trainees, a new one, without recording
+        if key == "UP":
+            self.trainee_sel = (self.trainee_sel - 1) % n
+        elif key == "DOWN":
+            self.trainee_sel = (self.trainee_sel + 1) % n
+        elif key in ("RETURN", "ENTER"):
+            k = self.trainee_sel
+            if k < len(names):
+                self._choose_trainee(names[k])
+            elif k == len(names):
+                if self._trainee_store() is not None:
+                    self.state, self.new_name, self.trainee_error = "new_trainee", "", ""
+            else:
+                self.trainee, self.state = None, "menu"
+                self.unlocked = self._unlocked_levels()
+        elif key == "ESCAPE":
+            return False
+        return True
+
+    def _choose_trainee(self, name: str) -> None:
+        self.trainee = name
+        self.unlocked = self._unlocked_levels()
+        self.state, self.trainee_error = "menu", ""
+
+    def _create_trainee(self) -> None:
+        name = " ".join(self.new_name.split())
+        try:
+            self.store.add_trainee(name)
+        except IratrainerError as exc:  # empty, already there, disk full: said on screen, nothing lost
+            self.trainee_error = str(exc)
+            return
+        self._choose_trainee(name)
+
+    def _draw_trainee(self) -> None:
+        y = self._text(tr("title", self.lang), 40, 30, self.big)
+        y = self._text(tr("who_trains", self.lang), 40, y + 10, self.font, (140, 190, 255))
+        names = self._trainee_rows()
+        items = names + [tr("new_trainee", self.lang), tr("no_recording", self.lang)]
+        for k, item in enumerate(items[:28]):
+            col = (255, 230, 120) if k == self.trainee_sel else (220, 220, 220)
+            y = self._text(f"{'>' if k == self.trainee_sel else ' '} {item}", 60, y + 2, self.font, col)
+        if self.store is not None:
+            self._text(tr("records_at", self.lang, path=self.store.path), 40, H - 110, self.small, (150, 150, 150))
+        if self.trainee_error:
+            self._wrap(self.trainee_error, 40, H - 140, W - 80, self.small)
+        self._notice()
+        self._text(tr("trainee_help", self.lang), 40, H - 40, self.small, (160, 160, 160))
+
+    def _draw_new_trainee(self) -> None:
+        y = self._text(tr("new_trainee", self.lang), 40, 30, self.big)
+        y = self._text(tr("type_name", self.lang), 40, y + 10)
+        self.pg.draw.rect(self.screen, (40, 44, 56), (40, y + 10, 600, 40))
+        self._text(self.new_name + "_", 50, y + 18, self.font, (255, 255, 255))
+        if self.trainee_error:
+            self._wrap(self.trainee_error, 40, y + 70, W - 80, self.small)
+        self._text(tr("new_trainee_help", self.lang), 40, H - 40, self.small, (160, 160, 160))
 
     # ------------------------------------------------------------------ replay
     def open_replay(self, session: str) -> None:
@@ -449,6 +640,7 @@ class TrainerApp:
         self.replay_speed = getattr(self, "replay_speed", 1)
         self.hand, self.table, self.biplane = "", 0, True
         self._input_step = None
+        self._was_moving = False
 
     def _replay_step(self, render: bool) -> None:
         from dataclasses import replace as dc_replace
@@ -493,9 +685,11 @@ class TrainerApp:
         if self.store is not None:
             from iratrainer.records.recorder import SessionRecorder
 
-            self.sid = self.store.start_session(self.store.trainee_id(self.trainee), self.case, self.seed, __version__)
+            self.sid = self.store.start_session(self.store.trainee_id(self.trainee), self.case, self.seed, __version__,
+                                                mode="exam" if self.exam else "practice")
             self.rec = SessionRecorder(self.store, self.sid)
         self._input_step: int | None = None
+        self._was_moving = False
         self.state = "procedure"
 
     def _step(self, held: set[str]) -> None:
@@ -512,11 +706,14 @@ class TrainerApp:
         m_rot = float(np.clip(self.mouse_rotate_deg / dt, -720.0, 720.0))
         self.mouse_advance_mm -= m_adv * dt
         self.mouse_rotate_deg -= m_rot * dt
-        adv += m_adv
-        rot += m_rot
-        c = Controls(self.hand, adv, rot, k["fluoro"] in held, self.biplane, self.pending)
-        if (adv or rot or self.pending) and self._input_step is None:
+        adv += m_adv + self.gamepad.advance_mm_s
+        rot += m_rot + self.gamepad.rotate_deg_s
+        c = Controls(self.hand, adv, rot, k["fluoro"] in held or self.gamepad.fluoro, self.biplane, self.pending)
+        moving = bool(adv or rot or self.pending)
+        # an input starts under the pedal: time it to the first image that can show it
+        if moving and not self._was_moving and self._input_step is None and c.fluoro:
             self._input_step = self.proc.step_index
+        self._was_moving = moving
         self.pending = ""
         base = replace(c, action="")
         if c.action or base != self._prev_controls:
@@ -573,7 +770,13 @@ class TrainerApp:
     # ------------------------------------------------------------------ drawing
     def _text(self, s: str, x: int, y: int, font: Any = None, color: tuple[int, int, int] = (230, 230, 230)) -> int:
         f = font or self.font
-        self.screen.blit(f.render(s, True, color), (x, y))
+        key = (s, id(f), color)
+        surf = self._text_cache.get(key)
+        if surf is None:  # most HUD strings change at most once a second: render each once
+            if len(self._text_cache) > 512:
+                self._text_cache.clear()
+            surf = self._text_cache[key] = f.render(s, True, color)
+        self.screen.blit(surf, (x, y))
         return y + f.get_linesize()
 
     def _wrap(self, s: str, x: int, y: int, width: int, font: Any = None) -> int:
@@ -589,13 +792,14 @@ class TrainerApp:
         return self._text(line, x, y, f) if line else y
 
     def _draw(self) -> None:
-        self.screen.fill((18, 20, 24))
+        self._gl_images = []
+        self.screen.fill((18, 20, 24, 255))
         getattr(self, f"_draw_{self.state}")()
 
     def _draw_menu(self) -> None:
         y = self._text(tr("title", self.lang), 40, 30, self.big)
-        y = self._text(tr("trainee", self.lang, name=self.trainee) if self.trainee else tr("no_trainee", self.lang),
-                       40, y + 5)
+        y = self._text((tr("trainee", self.lang, name=self.trainee) if self.trainee else tr("no_trainee", self.lang))
+                       + "  " + tr("change_trainee", self.lang), 40, y + 5)
         y += 10
         level = ""
         for k, c in enumerate(self.cases):
@@ -603,13 +807,20 @@ class TrainerApp:
                 level = c.level
                 y = self._text(tr(f"level_{level}", self.lang), 40, y + 6, self.font, (140, 190, 255))
             locked = c.level not in self.unlocked
-            mark = "▶" if k == self.sel else " "
+            mark = ">" if k == self.sel else " "
             col = (255, 230, 120) if k == self.sel else ((120, 120, 120) if locked else (220, 220, 220))
             suffix = f"  ({tr('locked', self.lang)})" if locked else ""
             y = self._text(f"{mark} {c.title[self.lang]}{suffix}", 60, y, self.small, col)
         for err in self.case_errors[:3] + ([self.message] if self.message and self.state == "menu" else []):
             y = self._wrap(err, 40, y + 6, W - 80, self.small)
+        self._notice()
         self._text(tr("menu_help", self.lang), 40, H - 40, self.small, (160, 160, 160))
+
+    def _notice(self) -> None:
+        """The display notice (software path, no GPU) and settings warnings, above the footer."""
+        lines = [w for w in self.warnings if w]
+        for k, w in enumerate(lines[-2:]):
+            self._text(w, 40, H - 84 + 20 * k, self.small, (255, 190, 110))
 
     def _draw_briefing(self) -> None:
         c = self.case
@@ -621,6 +832,7 @@ class TrainerApp:
         y = self._text(tr("objectives", self.lang), 40, y + 16, self.font, (140, 190, 255))
         for o in c.objectives[self.lang]:
             y = self._wrap(f"• {o}", 60, y, W - 120, self.small)
+        self._notice()
         self._text(tr("start_hint", self.lang), 40, H - 40, self.small, (160, 160, 160))
 
     def _blit_image(self, name: str, x: int, y: int) -> None:
@@ -628,6 +840,9 @@ class TrainerApp:
         img = self.images.get(name)
         if img is None:
             pg.draw.rect(self.screen, (0, 0, 0), (x, y, IMG, IMG))
+        elif self.gl is not None:  # a hole in the interface; OpenGL draws the image under it
+            self.screen.fill((0, 0, 0, 0), (x, y, IMG, IMG))
+            self._gl_images.append((name, img, (x, y, IMG, IMG)))
         else:
             a = (np.clip(np.asarray(img), 0, 1) * 255).astype(np.uint8)
             rgb = np.repeat(a.T[:, :, None], 3, axis=2)
@@ -648,7 +863,8 @@ class TrainerApp:
         pl = p.planes
         y = self._text(tr("hud_carm", self.lang, flao=pl["frontal"].lao_deg, fcran=pl["frontal"].cran_deg,
                           llao=pl["lateral"].lao_deg, lcran=pl["lateral"].cran_deg), x, y, self.small)
-        y = self._text(tr("hud_table", self.lang, name=self.case.devices[self.table]), x, y, self.small)
+        y = self._text(tr("hud_pulse", self.lang, pps=p.pulse_pps) + "   " +
+                       tr("hud_table", self.lang, name=self.case.devices[self.table]), x, y, self.small)
         for k, d in enumerate(p.stack.devices):
             mark = f"[{k + 1}]" + ("*" if d.name == self.hand else " ")
             y = self._text(tr("hud_device", self.lang, mark=mark, name=d.name, mm=d.inserted_mm, deg=d.phi_deg),
@@ -662,16 +878,45 @@ class TrainerApp:
             flags.append(tr("warn_force", self.lang))
         if p.dose.dap_gy_cm2 > 0.8 * self.case.dose_limit_gy_cm2:
             flags.append(tr("warn_dose", self.lang))
-        if flags:
-            self._text("  ·  ".join(flags), 700, IMG + 60, self.font, (255, 120, 100))
+        yw = IMG + 60
+        for f in flags:
+            yw = self._text(f, 660, yw, self.small, (255, 120, 100))
         if self.message and p.time_s < self.message_until:
-            self._text(self.message, 700, IMG + 90, self.small, (255, 180, 120))
+            self._wrap(self.message, 660, yw + 6, W - OVERVIEW - 60 - 660, self.small)
+        if self.show_overview and not self.exam:
+            self._draw_overview(W - 40 - OVERVIEW, IMG + 32)
+        if self.exam:
+            self._text(tr("exam_mode", self.lang), W - 200, IMG + 32, self.font, (255, 200, 120))
         if self.help:
-            self.pg.draw.rect(self.screen, (30, 30, 40), (100, 150, W - 200, 300))
-            yy = self._text(tr("help_title", self.lang), 120, 170, self.font, (140, 190, 255))
-            self._wrap(tr("help_lines", self.lang), 120, yy + 10, W - 260, self.small)
+            self.pg.draw.rect(self.screen, (30, 30, 40), (100, 120, W - 200, 380))
+            yy = self._text(tr("help_title", self.lang), 120, 140, self.font, (140, 190, 255))
+            yy = self._wrap(tr("help_lines", self.lang), 120, yy + 10, W - 260, self.small)
+            yy = self._wrap(tr("help_mouse", self.lang), 120, yy + 10, W - 260, self.small)
+            yy = self._wrap(tr("help_gamepad", self.lang), 120, yy + 10, W - 260, self.small)
+            self._wrap(tr("help_settings", self.lang, path=self._settings_path), 120, yy + 10, W - 260, self.small)
         if self.paused:
             self._text(tr("paused", self.lang), 420, 380, self.big, (255, 230, 120))
+
+    def _draw_overview(self, x0: int, y0: int) -> None:
+        from iratrainer.app.overview import Overview
+
+        if getattr(self, "_overview_tree", None) is not self.proc.tree:
+            self.overview = Overview(self.proc.tree, OVERVIEW)
+            self._overview_tree = self.proc.tree
+            self._overview_surface, self._overview_t = None, 0.0
+        st = self.proc.stack
+        devices = [(d.spec.kind, st.shape(d.name)) for d in st.devices if d.inserted_mm > 0]
+        tree = self.proc.tree
+        clots = [tree.point_at(c.spec.branch, c.start_mm + 0.5 * c.length_mm) for c in self.proc.circ.clots
+                 if c.present]
+        focus = (max(devices, key=lambda d: d[1][-1][2])[1][-1] if devices else (clots[0] if clots else None))
+        # redrawn ten times a second of simulation (it turns at 12 deg/s), else the last drawing
+        t = self.proc.time_s
+        if self._overview_surface is None or t < self._overview_t or t - self._overview_t >= 0.1 - 1e-9:
+            surf = self._overview_surface or self.pg.Surface((OVERVIEW, OVERVIEW), self.screen.get_flags())
+            self.overview.draw(self.pg, surf, 0, 0, t, devices, clots, tr("overview_title", self.lang), focus)
+            self._overview_surface, self._overview_t = surf, t
+        self.screen.blit(self._overview_surface, (x0, y0))
 
     def _draw_replay(self) -> None:
         self._draw_procedure()

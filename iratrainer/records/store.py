@@ -71,7 +71,12 @@ def _m1(db: sqlite_utils.Database) -> None:
     db["statements"].create({"id": str, "session_id": str, "body": str, "sent_at": str}, pk="id")
 
 
-MIGRATIONS = [("0001_initial", _m1)]
+def _m2(db: sqlite_utils.Database) -> None:
+    """Sessions remember their mode: ``practice`` (aids on) or ``exam`` (no 3-D overview)."""
+    db["sessions"].add_column("mode", str, not_null_default="practice")
+
+
+MIGRATIONS = [("0001_initial", _m1), ("0002_session_mode", _m2)]
 
 
 class Store:
@@ -153,8 +158,9 @@ class Store:
             "GROUP BY t.id ORDER BY t.name"))
 
     # ------------------------------------------------------------------ sessions
-    def start_session(self, trainee_id: int, case: Any, seed: int, app_version: str, autopilot: str = "") -> str:
-        """Create a running session; returns its id."""
+    def start_session(self, trainee_id: int, case: Any, seed: int, app_version: str, autopilot: str = "",
+                      mode: str = "practice") -> str:
+        """Create a running session (``mode``: practice or exam); returns its id."""
         sid = uuid.uuid4().hex
         with self.db.conn:
             self.db["cases"].insert({"id": case.id, "hash": case.content_hash, "title_en": case.title["en"],
@@ -162,7 +168,8 @@ class Store:
                                      "difficulty": case.difficulty}, ignore=True)
             self.db["sessions"].insert({"id": sid, "trainee_id": trainee_id, "case_id": case.id,
                                         "case_hash": case.content_hash, "started_at": _now(), "seed": seed,
-                                        "app_version": app_version, "status": "running", "autopilot": autopilot})
+                                        "app_version": app_version, "status": "running", "autopilot": autopilot,
+                                        "mode": mode})
         return sid
 
     def append(self, sid: str, events: Iterable[dict[str, Any]], controls: Iterable[tuple[int, int, dict[str, Any]]],

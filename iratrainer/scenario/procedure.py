@@ -40,12 +40,14 @@ from iratrainer.physics.catalogue import DeviceSpec, default_catalogue
 from iratrainer.scenario.case import Case
 from iratrainer.scenario.track import STEP_MM, RailStack, TrackError
 
-__all__ = ["Controls", "Event", "Procedure", "PHASES", "ProcedureError", "save_control_log", "load_control_log"]
+__all__ = ["Controls", "Event", "Procedure", "PHASES", "PULSE_RATES", "ProcedureError", "save_control_log",
+           "load_control_log"]
 
 DT_S = 1.0 / 30.0
 MAX_ADVANCE_MM_S = 60.0
 MAX_ROTATE_DEG_S = 720.0
 FLUORO_PPS = 7.5
+PULSE_RATES = (3.75, 7.5, 15.0, 30.0)  # pulses/s a fluoroscopy pedal can run at (REFERENCE.md)
 DSA_FPS = 3.0
 PHASES = ("access", "arch_navigation", "cca_access_roadmap", "guide_placement", "crossing", "deployment",
           "retrieval", "control_dsa", "full_angiogram", "device_removal")
@@ -69,7 +71,9 @@ class Controls:
         biplane: fluoroscopy on both planes (else frontal only).
         action: a one-shot action, ``verb[:arg[:arg]]``: ``insert:NAME``, ``remove:NAME``,
             ``dsa[:SECONDS]``, ``roadmap``, ``inject:ML:ML_S`` (hand injection),
-            ``balloon:on|off``, ``aspiration:on|off``, ``carm:PLANE:LAO:CRAN``, ``end``.
+            ``balloon:on|off``, ``aspiration:on|off``, ``carm:PLANE:LAO:CRAN``,
+            ``pulse:PPS`` (fluoroscopy pulse rate, one of 3.75, 7.5, 15, 30; the dose per pulse
+            does not change, so the dose rate does), ``end``.
     """
 
     device: str = ""
@@ -181,6 +185,7 @@ class Procedure:
         self._dsa_kind = ""
         self._dsa_frames = 0
         self._pulse_next = 0.0
+        self.pulse_pps = FLUORO_PPS
         self._last_visited = len(self.stack.visited)
         self._on_path = self._route_labels()
         self._goal_labels = set(self.tree.subtree(case.goal.target))
@@ -363,6 +368,13 @@ class Procedure:
                 self.roadmap_planes.discard(plane)
                 self.log(self.time_s, "carm", plane=plane, lao_deg=p.lao_deg, cran_deg=p.cran_deg,
                          clamped=[str(n) for n in notes])
+            elif verb == "pulse":
+                pps = float(args[0])
+                if pps not in PULSE_RATES:
+                    raise TrackError(f"pulse rate {args[0]} not one of {', '.join(f'{r:g}' for r in PULSE_RATES)}")
+                self.pulse_pps = pps
+                self._pulse_next = min(self._pulse_next, self.time_s + 1.0 / pps)
+                self.log(self.time_s, "pulse_rate", pps=pps)
             elif verb == "end":
                 self._end()
             else:
@@ -572,9 +584,9 @@ class Procedure:
             if self.time_s + 1e-9 >= self._pulse_next:
                 for name in planes:
                     exp = self.dose.exposure(self.planes[name], TECHNIQUES["fluoro_normal"], "fluoro")
-                    self.dose.record(exp, 1.0 / FLUORO_PPS)
+                    self.dose.record(exp, 1.0 / self.pulse_pps)
                     self.exposures_this_step.append((name, "fluoro"))
-                self._pulse_next = self.time_s + 1.0 / FLUORO_PPS
+                self._pulse_next = self.time_s + 1.0 / self.pulse_pps
         if self._dsa_until > self.time_s and self.time_s + 1e-9 >= self._dsa_next:
             kind = self._dsa_kind + ("_mask" if self._dsa_frames == 0 else "")
             for name in ("frontal", "lateral"):
