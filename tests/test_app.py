@@ -347,3 +347,18 @@ def test_choose_or_create_the_trainee_in_the_window(tmp_path):
                      settings_path=str(tmp_path / "none.toml"), display="software")
     app.run()
     assert app.trainee is None and app.state == "menu" and app.unlocked == {c.level for c in app.cases}
+
+
+def test_dsa_run_is_kept_for_review_and_the_pedal_ends_it(tmp_path):
+    script = [{"at_s": 0.2, "press": "RETURN"}, {"at_s": 0.3, "press": "I"}, {"at_s": 0.5, "hold": "UP", "for_s": 3},
+              {"at_s": 3.6, "press": "D"}, {"at_s": 12.8, "press": "W"},
+              {"at_s": 13.0, "screenshot": "r1"}, {"at_s": 13.5, "screenshot": "r2"},
+              {"at_s": 14.0, "hold": "SPACE", "for_s": 0.3}, {"at_s": 14.5, "quit": True}]
+    app = _run(tmp_path, "rv", script, display="software")
+    from iratrainer.scenario.procedure import DSA_FPS
+
+    # an 8 s run at DSA_FPS: the mask, then the contrast frames, on both planes
+    assert [len(app.dsa_run[p]) for p in ("frontal", "lateral")] == [round(8 * DSA_FPS) - 1] * 2
+    r1, r2 = _png(tmp_path / "rv" / "r1.png"), _png(tmp_path / "rv" / "r2.png")
+    assert np.abs(r1[20:532, 40:552] - r2[20:532, 40:552]).mean() > 0.002  # the loop plays
+    assert not app.review  # the pedal brought the live image back

@@ -43,19 +43,19 @@ DEFAULT_KEYS: dict[str, str] = {
     "advance": "UP", "retract": "DOWN", "rotate_left": "LEFT", "rotate_right": "RIGHT", "fluoro": "SPACE",
     "dsa": "D", "roadmap": "R", "insert": "I", "next_table": "N", "prev_table": "P", "remove": "X",
     "balloon": "B", "aspiration": "A", "biplane": "V", "help": "H", "pause": "ESCAPE", "end": "E",
-    "language": "L", "abort": "Q", "pulse_rate": "F", "overview": "O",
+    "language": "L", "abort": "Q", "pulse_rate": "F", "overview": "O", "review": "W",
 }
 
 # actions a gamepad button can carry: the keyboard's one-shot actions plus the device in hand
 GAMEPAD_ACTIONS = frozenset({"dsa", "roadmap", "insert", "remove", "next_table", "prev_table", "balloon",
-                             "aspiration", "biplane", "help", "pause", "end", "pulse_rate", "overview",
+                             "aspiration", "biplane", "help", "pause", "end", "pulse_rate", "overview", "review",
                              "next_device", "prev_device", "abort"})
 
 DEFAULT_GAMEPAD: dict[str, Any] = {
     "advance_axis": 1, "rotate_axis": 3, "fluoro_axis": 5, "deadzone": 0.15,
     "advance_mm_s": 40.0, "rotate_deg_s": 180.0,
     "buttons": {0: "dsa", 1: "roadmap", 2: "insert", 3: "remove", 4: "prev_device", 5: "next_device",
-                6: "help", 7: "pause", 9: "biplane", 10: "balloon"},
+                6: "help", 7: "pause", 8: "review", 9: "biplane", 10: "balloon"},
 }
 
 

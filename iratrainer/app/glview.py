@@ -111,7 +111,7 @@ class GlDisplay:
         self.ui_tex = self._new_texture(GL.GL_RGBA8, size[0], size[1], GL.GL_RGBA, GL.GL_UNSIGNED_BYTE, None)
         GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_NEAREST)  # texel for pixel
         GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MAG_FILTER, GL.GL_NEAREST)
-        self.img_tex: dict[str, tuple[int, int, int]] = {}  # name -> (texture, id of the image, matrix)
+        self.img_tex: dict[str, tuple[int, Any, int]] = {}  # name -> (texture, the image uploaded, matrix)
         GL.glUseProgram(self.prog)
         GL.glUniform2f(GL.glGetUniformLocation(self.prog, "screen"), float(size[0]), float(size[1]))
         GL.glUniform1i(GL.glGetUniformLocation(self.prog, "tex"), 0)
@@ -156,7 +156,7 @@ class GlDisplay:
         GL = self.GL
         n_rows, n_cols = img.shape
         cur = self.img_tex.get(name)
-        if cur is not None and cur[1] == id(img) and cur[2] == n_cols:
+        if cur is not None and cur[1] is img and cur[2] == n_cols:
             return cur[0]
         data = np.ascontiguousarray(img, dtype=np.float32)
         if cur is None or cur[2] != n_cols:
@@ -167,7 +167,7 @@ class GlDisplay:
             tex = cur[0]
             GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
             GL.glTexSubImage2D(GL.GL_TEXTURE_2D, 0, 0, 0, n_cols, n_rows, GL.GL_RED, GL.GL_FLOAT, data)
-        self.img_tex[name] = (tex, id(img), n_cols)
+        self.img_tex[name] = (tex, img, n_cols)
         return tex
 
     def present(self, ui: Any, images: list[tuple[str, np.ndarray, tuple[int, int, int, int]]],

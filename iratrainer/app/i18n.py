@@ -48,11 +48,12 @@ STRINGS: dict[str, dict[str, str]] = {
     "help_lines": {"fr": "1-9 choisir le matériel · Haut/Bas : pousser/retirer (Maj : lent) · Gauche/Droite : rotation · "
                          "Espace (maintenir) : scopie · F : cadence de scopie · D : DSA · R : feuille de route · "
                          "I/N/P : insérer / choisir sur la table · X : retirer le matériel · B : ballonnet · "
-                         "A : aspiration · V : biplan · O : vue 3-D · Échap : pause · E : terminer · L : langue",
+                         "A : aspiration · V : biplan · W : revoir la dernière DSA · O : vue 3-D · Échap : pause · "
+                         "E : terminer · L : langue",
                    "en": "1-9 pick the device · Up/Down push/pull (Shift: slow) · Left/Right torque · "
                          "Space (hold): fluoroscopy · F: pulse rate · D: DSA · R: roadmap · I/N/P: insert / pick on "
-                         "the table · X: remove the device · B: balloon · A: aspiration · V: biplane · O: 3-D view · "
-                         "Esc: pause · E: end · L: language"},
+                         "the table · X: remove the device · B: balloon · A: aspiration · V: biplane · "
+                         "W: review the last DSA · O: 3-D view · Esc: pause · E: end · L: language"},
     "help_mouse": {"fr": "Souris : molette = pousser/retirer (5 mm par cran) · glisser à gauche/droite = rotation",
                    "en": "Mouse: wheel = push/pull (5 mm a notch) · drag left/right = torque"},
     "help_gamepad": {"fr": "Manette : stick gauche = pousser/retirer · stick droit = rotation · gâchette droite = "
@@ -103,6 +104,8 @@ STRINGS: dict[str, dict[str, str]] = {
     "new_trainee_help": {"fr": "Entrée : créer · Retour arrière : effacer · Échap : annuler",
                          "en": "Enter: create · Backspace: erase · Esc: cancel"},
     "change_trainee": {"fr": "(T : changer)", "en": "(T: change)"},
+    "review_label": {"fr": "revue DSA {k}/{n}", "en": "DSA review {k}/{n}"},
+    "review_none": {"fr": "Pas encore de série DSA à revoir", "en": "No DSA run to review yet"},
     "hud_pulse": {"fr": "Scopie pulsée {pps:g} i/s", "en": "Pulsed fluoro {pps:g} p/s"},
     "overview_title": {"fr": "Vue 3-D (O)", "en": "3-D view (O)"},
     "overview_exam": {"fr": "Mode examen : pas de vue 3-D", "en": "Exam mode: no 3-D view"},

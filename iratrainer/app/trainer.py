@@ -157,6 +157,8 @@ class TrainerApp:
         self.mouse_advance_mm = 0.0
         self.mouse_rotate_deg = 0.0
         self.frame_times: list[float] = []
+        self.app_time = 0.0
+        self.review_t0 = 0.0
         self._text_cache: dict[tuple[str, int, tuple[int, int, int]], Any] = {}
 
     # ------------------------------------------------------------------ script
@@ -281,6 +283,7 @@ class TrainerApp:
                 self._present()
                 self.frame_times.append(time.perf_counter() - t0)
                 t_app += dt_frame
+                self.app_time = t_app
                 if max_seconds is not None and t_app >= max_seconds:
                     running = False
                 if not self.headless:
@@ -326,7 +329,7 @@ class TrainerApp:
         for k, x in enumerate(xs):
             right = xs[k + 1] if k + 1 < len(xs) else W
             rects.append((x + IMG, 20, right - x - IMG, IMG))
-            rects.append((x, 20, 140, 26))  # the plane's name
+            rects.append((x, 20, 320, 26))  # the plane's name (and the review frame)
         return rects
 
     def _present(self) -> None:
@@ -471,6 +474,12 @@ class TrainerApp:
 
                 i = PULSE_RATES.index(self.proc.pulse_pps) if self.proc.pulse_pps in PULSE_RATES else 0
                 self.pending = f"pulse:{PULSE_RATES[(i + 1) % len(PULSE_RATES)]:g}"
+            elif key == k["review"]:
+                if any(self.dsa_run.values()):
+                    self.review, self.review_t0 = not self.review, self.app_time
+                else:
+                    self.message = tr("review_none", self.lang)
+                    self.message_until = self.proc.time_s + 3.0
             elif key == k["overview"]:
                 if self.exam:
                     self.message = tr("overview_exam", self.lang)
@@ -641,6 +650,8 @@ class TrainerApp:
         self.hand, self.table, self.biplane = "", 0, True
         self._input_step = None
         self._was_moving = False
+        self.dsa_run = {}
+        self.review = False
 
     def _replay_step(self, render: bool) -> None:
         from dataclasses import replace as dc_replace
@@ -690,6 +701,8 @@ class TrainerApp:
             self.rec = SessionRecorder(self.store, self.sid)
         self._input_step: int | None = None
         self._was_moving = False
+        self.dsa_run: dict[str, list[Any]] = {}
+        self.review = False
         self.state = "procedure"
 
     def _step(self, held: set[str]) -> None:
@@ -709,6 +722,8 @@ class TrainerApp:
         adv += m_adv + self.gamepad.advance_mm_s
         rot += m_rot + self.gamepad.rotate_deg_s
         c = Controls(self.hand, adv, rot, k["fluoro"] in held or self.gamepad.fluoro, self.biplane, self.pending)
+        if c.fluoro:
+            self.review = False  # the pedal brings the live image back
         moving = bool(adv or rot or self.pending)
         # an input starts under the pedal: time it to the first image that can show it
         if moving and not self._was_moving and self._input_step is None and c.fluoro:
@@ -741,6 +756,11 @@ class TrainerApp:
                 fr = ch.dsa_frame(scene, mask=kind.endswith("_mask"))
                 if kind.startswith("roadmap") and not kind.endswith("_mask"):
                     ch.store_roadmap()
+                if kind == "dsa_mask":  # a new run: its frames are kept for review
+                    self.dsa_run[name] = []
+                    self.review = False
+                elif kind == "dsa":
+                    self.dsa_run.setdefault(name, []).append(fr.display)
             self.images[name] = fr.display
         if self._input_step is not None:  # input-to-image latency, in display frames
             steps = self.proc.step_index - self._input_step
@@ -835,9 +855,18 @@ class TrainerApp:
         self._notice()
         self._text(tr("start_hint", self.lang), 40, H - 40, self.small, (160, 160, 160))
 
+    def _review_frame(self, name: str) -> tuple[Any, str]:
+        """In DSA review, the frame of the last run to show now (looped at 6 frames/s of app
+        time) and its label; else the live (or last-held) image."""
+        frames = self.dsa_run.get(name) or []
+        if not (self.review and frames):
+            return self.images.get(name), ""
+        k = int((self.app_time - self.review_t0) * 6.0) % len(frames)
+        return frames[k], tr("review_label", self.lang, k=k + 1, n=len(frames))
+
     def _blit_image(self, name: str, x: int, y: int) -> None:
         pg = self.pg
-        img = self.images.get(name)
+        img, review = self._review_frame(name) if self.state == "procedure" else (self.images.get(name), "")
         if img is None:
             pg.draw.rect(self.screen, (0, 0, 0), (x, y, IMG, IMG))
         elif self.gl is not None:  # a hole in the interface; OpenGL draws the image under it
@@ -848,7 +877,8 @@ class TrainerApp:
             rgb = np.repeat(a.T[:, :, None], 3, axis=2)
             surf = pg.surfarray.make_surface(rgb)
             self.screen.blit(pg.transform.scale(surf, (IMG, IMG)), (x, y))
-        self._text(tr(name, self.lang), x + 6, y + 6, self.small, (255, 220, 120))
+        self._text(tr(name, self.lang) + (f" — {review}" if review else ""), x + 6, y + 6, self.small,
+                   (255, 220, 120))
 
     def _draw_procedure(self) -> None:
         p = self.proc
