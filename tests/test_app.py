@@ -362,3 +362,24 @@ def test_dsa_run_is_kept_for_review_and_the_pedal_ends_it(tmp_path):
     r1, r2 = _png(tmp_path / "rv" / "r1.png"), _png(tmp_path / "rv" / "r2.png")
     assert np.abs(r1[20:532, 40:552] - r2[20:532, 40:552]).mean() > 0.002  # the loop plays
     assert not app.review  # the pedal brought the live image back
+
+
+def test_carm_rotation_zoom_and_collimation_from_the_keys_and_the_pad(tmp_path):
+    script = [{"at_s": 0.2, "press": "RETURN"}, {"at_s": 0.3, "press": "I"},
+              {"at_s": 0.5, "hold": "C", "for_s": 2.0}, {"at_s": 0.5, "hold": "RIGHT", "for_s": 2.0},  # LAO
+              {"at_s": 2.8, "press": "K"},                                                           # lateral
+              {"at_s": 2.9, "press": "Z"}, {"at_s": 3.0, "press": "Z"},                               # 30, 22
+              {"at_s": 3.1, "press": "["}, {"at_s": 3.2, "press": "["},                               # iris 0.8
+              {"at_s": 3.4, "gamepad": {"axis": 2, "value": 1.0}},                                   # LT: C-arm
+              {"at_s": 3.4, "gamepad": {"axis": 1, "value": -1.0}},                                  # cranial
+              {"at_s": 4.4, "gamepad": {"axis": 1, "value": 0.0}}, {"at_s": 4.4, "gamepad": {"axis": 2, "value": -1}},
+              {"at_s": 4.9, "press": "H"}, {"at_s": 5.0, "screenshot": "help"}, {"at_s": 5.1, "quit": True}]
+    app = _run(tmp_path, "carm", script, display="software")
+    pl = app.proc.planes
+    assert pl["frontal"].lao_deg == pytest.approx(2.0 * 15.0, abs=0.6)  # 15 deg/s for 2 s, the last angle sent
+    assert pl["lateral"].cran_deg == pytest.approx(1.0 * 15.0, abs=0.6) and pl["lateral"].lao_deg == 90.0
+    assert pl["frontal"].cran_deg == 0.0
+    assert pl["lateral"].fov_cm == 22.0 and pl["lateral"].collimation == pytest.approx(0.8)
+    assert app.proc.stack.devices[0].inserted_mm == 0.0  # the hands were on the C-arm
+    kinds = [e.kind for e in app.proc.events]
+    assert kinds.count("zoom") == 2 and kinds.count("collimate") == 2 and kinds.count("carm") >= 10

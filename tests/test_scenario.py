@@ -209,6 +209,28 @@ def test_pulse_rate_sets_pulses_and_dose_rate_not_dose_per_pulse(pps):
     assert proc.events[-1].kind == "refused" and "3.75" in proc.events[-1].data["reason"]
 
 
+def test_zoom_and_collimation_change_the_field_and_the_dap():
+    """DAP = Ka,r x field area: collimating the iris to half the radius quarters the area and
+    the DAP per pulse; the operator's zoom survives the table following the tip."""
+    dap = {}
+    for coll in (1.0, 0.5):
+        proc = Procedure(load_case(DEFAULT), 0)
+        proc.step(Controls(action="insert:balloon_guide_8F"))
+        proc.step(Controls(action="zoom:frontal:16"))
+        proc.step(Controls(action=f"collimate:frontal:{coll}"))
+        for _ in range(60):
+            proc.step(Controls(device="balloon_guide_8F", advance_mm_s=40.0, fluoro=True, biplane=False))
+        assert proc.planes["frontal"].fov_cm == 16.0 and proc.planes["frontal"].collimation == coll
+        dap[coll] = proc.dose.dap_gy_cm2
+    assert dap[0.5] / dap[1.0] == pytest.approx(0.25, rel=0.02)
+    proc.step(Controls(action="zoom:frontal:auto"))
+    assert proc.planes["frontal"].fov_cm != 16.0
+    proc.step(Controls(action="zoom:frontal:25"))
+    assert proc.events[-1].kind == "refused" and "30, 22, 16, 11" in proc.events[-1].data["reason"]
+    proc.step(Controls(action="collimate:lateral:0.05"))
+    assert proc.events[-1].kind == "collimate" and proc.planes["lateral"].collimation == 0.2  # clamped, said
+
+
 def test_time_limit_truncates():
     case = replace(load_case(DEFAULT), time_limit_min=0.05)
     proc = Procedure(case, 0)

@@ -16,6 +16,7 @@ is the defaults and a warning that names the file::
     advance_axis = 1           # left stick, vertical: pushed away = advance
     rotate_axis = 3            # right stick, horizontal: torque
     fluoro_axis = 5            # right trigger: the fluoroscopy pedal
+    carm_axis = 2              # left trigger held: the left stick turns the C-arm
     deadzone = 0.15
     [gamepad.buttons]          # button number = action
     0 = "dsa"
@@ -44,15 +45,17 @@ DEFAULT_KEYS: dict[str, str] = {
     "dsa": "D", "roadmap": "R", "insert": "I", "next_table": "N", "prev_table": "P", "remove": "X",
     "balloon": "B", "aspiration": "A", "biplane": "V", "help": "H", "pause": "ESCAPE", "end": "E",
     "language": "L", "abort": "Q", "pulse_rate": "F", "overview": "O", "review": "W",
+    "carm": "C", "carm_plane": "K", "zoom": "Z", "collimate_in": "[", "collimate_out": "]",
 }
 
 # actions a gamepad button can carry: the keyboard's one-shot actions plus the device in hand
 GAMEPAD_ACTIONS = frozenset({"dsa", "roadmap", "insert", "remove", "next_table", "prev_table", "balloon",
                              "aspiration", "biplane", "help", "pause", "end", "pulse_rate", "overview", "review",
+                             "carm_plane", "zoom", "collimate_in", "collimate_out",
                              "next_device", "prev_device", "abort"})
 
 DEFAULT_GAMEPAD: dict[str, Any] = {
-    "advance_axis": 1, "rotate_axis": 3, "fluoro_axis": 5, "deadzone": 0.15,
+    "advance_axis": 1, "rotate_axis": 3, "fluoro_axis": 5, "carm_axis": 2, "carm_x_axis": 0, "deadzone": 0.15,
     "advance_mm_s": 40.0, "rotate_deg_s": 180.0,
     "buttons": {0: "dsa", 1: "roadmap", 2: "insert", 3: "remove", 4: "prev_device", 5: "next_device",
                 6: "help", 7: "pause", 8: "review", 9: "biplane", 10: "balloon"},
@@ -67,6 +70,8 @@ class GamepadMap:
         advance_axis: axis pushing (-1, stick away) and pulling (+1) the device in hand.
         rotate_axis: axis turning it (+1 clockwise seen from the operator).
         fluoro_axis: trigger axis (rest -1, pulled +1) holding the pedal when past half-way.
+        carm_axis: trigger axis that hands the left stick to the C-arm while held.
+        carm_x_axis: left stick, horizontal (LAO/RAO in C-arm mode; its vertical is cranial/caudal).
         deadzone: stick values below this magnitude count as zero.
         advance_mm_s: hub speed at full stick, mm/s.
         rotate_deg_s: torque rate at full stick, deg/s.
@@ -76,6 +81,8 @@ class GamepadMap:
     advance_axis: int = 1
     rotate_axis: int = 3
     fluoro_axis: int = 5
+    carm_axis: int = 2
+    carm_x_axis: int = 0
     deadzone: float = 0.15
     advance_mm_s: float = 40.0
     rotate_deg_s: float = 180.0
@@ -115,6 +122,18 @@ class Gamepad:
         return self._dz(self.axes.get(self.map.rotate_axis, 0.0)) * self.map.rotate_deg_s
 
     @property
+    def carm_mode(self) -> bool:
+        """The left trigger is held: the left stick drives the C-arm instead of the device."""
+        return self.axes.get(self.map.carm_axis, -1.0) > 0.0
+
+    @property
+    def carm_axes(self) -> tuple[float, float]:
+        """Left stick (x, y) in C-arm mode, dead zone applied; (0, 0) otherwise."""
+        if not self.carm_mode:
+            return 0.0, 0.0
+        return self._dz(self.axes.get(self.map.carm_x_axis, 0.0)), self._dz(self.axes.get(self.map.advance_axis, 0.0))
+
+    @property
     def fluoro(self) -> bool:
         """The trigger pedal is held (past half-way)."""
         return self.axes.get(self.map.fluoro_axis, -1.0) > 0.0
@@ -137,7 +156,7 @@ class Settings:
 
 def _gamepad(data: dict[str, Any]) -> GamepadMap:
     g = GamepadMap()
-    for name in ("advance_axis", "rotate_axis", "fluoro_axis"):
+    for name in ("advance_axis", "rotate_axis", "fluoro_axis", "carm_axis", "carm_x_axis"):
         if name in data:
             if not isinstance(data[name], int) or not 0 <= data[name] < 32:
                 raise ValueError(f"gamepad.{name}: an axis number 0-31")
@@ -155,7 +174,8 @@ def _gamepad(data: dict[str, Any]) -> GamepadMap:
                 raise ValueError(f"gamepad.buttons.{k}: a button number and one of {', '.join(sorted(GAMEPAD_ACTIONS))}")
             buttons[int(k)] = action
         g.buttons = buttons
-    unknown = set(data) - {"advance_axis", "rotate_axis", "fluoro_axis", "deadzone", "advance_mm_s",
+    unknown = set(data) - {"advance_axis", "rotate_axis", "fluoro_axis", "carm_axis", "carm_x_axis", "deadzone",
+                           "advance_mm_s",
                            "rotate_deg_s", "buttons"}
     if unknown:
         raise ValueError(f"gamepad.{sorted(unknown)[0]}: unknown setting")

@@ -58,10 +58,11 @@ STRINGS: dict[str, dict[str, str]] = {
                    "en": "Mouse: wheel = push/pull (5 mm a notch) · drag left/right = torque"},
     "help_gamepad": {"fr": "Manette : stick gauche = pousser/retirer · stick droit = rotation · gâchette droite = "
                            "scopie · A : DSA · B : feuille de route · X : insérer · Y : retirer · LB/RB : matériel "
-                           "en main · croix gauche/droite : table, haut/bas : cadence · Start : pause · Back : aide",
+                           "en main · croix gauche/droite : table, haut/bas : cadence · gâchette gauche + stick gauche : "
+                           "arceau · Start : pause · Back : aide",
                      "en": "Gamepad: left stick = push/pull · right stick = torque · right trigger = fluoroscopy · "
                            "A: DSA · B: roadmap · X: insert · Y: remove · LB/RB: device in hand · cross left/right: "
-                           "table, up/down: pulse rate · Start: pause · Back: help"},
+                           "table, up/down: pulse rate · left trigger + left stick: C-arm · Start: pause · Back: help"},
     "help_settings": {"fr": "Touches et manette : réglages dans {path}",
                       "en": "Keys and gamepad: settings in {path}"},
     "paused": {"fr": "Pause — Échap : reprendre · Q : abandonner", "en": "Paused — Esc: resume · Q: abort"},
@@ -106,6 +107,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "change_trainee": {"fr": "(T : changer)", "en": "(T: change)"},
     "review_label": {"fr": "revue DSA {k}/{n}", "en": "DSA review {k}/{n}"},
     "review_none": {"fr": "Pas encore de série DSA à revoir", "en": "No DSA run to review yet"},
+    "hud_field": {"fr": "Arceau actif (K) : {plane}, champ {fov:g} cm{auto}, iris {coll:.0f} %",
+                  "en": "Active C-arm (K): {plane}, field {fov:g} cm{auto}, iris {coll:.0f} %"},
+    "help_carm": {"fr": "Arceau : C (maintenir) + flèches = rotation OAG/OAD et crânial/caudal · K : plan frontal/latéral · "
+                        "Z : champ (auto, 30, 22, 16, 11 cm) · [ / ] : fermer / ouvrir l'iris",
+                  "en": "C-arm: C (hold) + arrows = LAO/RAO and cranial/caudal · K: frontal/lateral plane · "
+                        "Z: field (auto, 30, 22, 16, 11 cm) · [ / ]: close / open the iris"},
+    "hud_tip": {"fr": "pointe : {where}", "en": "tip: {where}"},
+    "hud_beyond": {"fr": "{mm:+.0f} mm / {name}", "en": "{mm:+.0f} mm out of {name}"},
     "hud_pulse": {"fr": "Scopie pulsée {pps:g} i/s", "en": "Pulsed fluoro {pps:g} p/s"},
     "overview_title": {"fr": "Vue 3-D (O)", "en": "3-D view (O)"},
     "overview_exam": {"fr": "Mode examen : pas de vue 3-D", "en": "Exam mode: no 3-D view"},

@@ -44,6 +44,7 @@ DEMO_SCRIPT = [
 
 W, H = 1280, 800
 IMG = 512
+CARM_DEG_S = 15.0  # C-arm rotation speed, degrees per second
 OVERVIEW = 240  # side of the 3-D overview panel, pixels
 FPS = 30
 MAX_CATCH_UP = 4
@@ -474,6 +475,20 @@ class TrainerApp:
 
                 i = PULSE_RATES.index(self.proc.pulse_pps) if self.proc.pulse_pps in PULSE_RATES else 0
                 self.pending = f"pulse:{PULSE_RATES[(i + 1) % len(PULSE_RATES)]:g}"
+            elif key == k["carm_plane"]:
+                if self._carm_goal is not None and not self.pending:
+                    self._carm_send()
+                self.carm_plane = "lateral" if self.carm_plane == "frontal" else "frontal"
+            elif key == k["zoom"]:
+                from iratrainer.imaging.geometry import FOV_CM
+
+                cur = self.proc.fov_user.get(self.carm_plane)
+                order = [None, *FOV_CM]
+                nxt = order[(order.index(cur) + 1) % len(order) if cur in order else 0]
+                self.pending = f"zoom:{self.carm_plane}:{'auto' if nxt is None else f'{nxt:g}'}"
+            elif key in (k["collimate_in"], k["collimate_out"]):
+                c = self.proc.planes[self.carm_plane].collimation + (-0.1 if key == k["collimate_in"] else 0.1)
+                self.pending = f"collimate:{self.carm_plane}:{min(1.0, max(0.2, round(c, 2))):g}"
             elif key == k["review"]:
                 if any(self.dsa_run.values()):
                     self.review, self.review_t0 = not self.review, self.app_time
@@ -652,6 +667,10 @@ class TrainerApp:
         self._was_moving = False
         self.dsa_run = {}
         self.review = False
+        self.carm_plane = "frontal"
+        self._carm_goal = None
+        self._carm_goal_plane = "frontal"
+        self._carm_sent = -999
 
     def _replay_step(self, render: bool) -> None:
         from dataclasses import replace as dc_replace
@@ -703,6 +722,10 @@ class TrainerApp:
         self._was_moving = False
         self.dsa_run: dict[str, list[Any]] = {}
         self.review = False
+        self.carm_plane = "frontal"
+        self._carm_goal: tuple[float, float] | None = None
+        self._carm_goal_plane = "frontal"
+        self._carm_sent = -999
         self.state = "procedure"
 
     def _step(self, held: set[str]) -> None:
@@ -721,6 +744,11 @@ class TrainerApp:
         self.mouse_rotate_deg -= m_rot * dt
         adv += m_adv + self.gamepad.advance_mm_s
         rot += m_rot + self.gamepad.rotate_deg_s
+        if k["carm"] in held or self.gamepad.carm_mode:  # the hands are on the C-arm, not the device
+            self._carm_drive(held)
+            adv = rot = 0.0
+        elif self._carm_goal is not None and not self.pending:  # released: the last angle is sent
+            self._carm_send()
         c = Controls(self.hand, adv, rot, k["fluoro"] in held or self.gamepad.fluoro, self.biplane, self.pending)
         if c.fluoro:
             self.review = False  # the pedal brings the live image back
@@ -744,6 +772,30 @@ class TrainerApp:
             self._images()
         if self.rec is not None:
             self.rec.maybe_push(self.proc, self.control_log)
+
+    def _carm_send(self) -> None:
+        lao, cran = self._carm_goal
+        self.pending = f"carm:{self._carm_goal_plane}:{lao:.1f}:{cran:.1f}"
+        self._carm_sent = self.proc.step_index
+        self._carm_goal = None
+
+    def _carm_drive(self, held: set[str]) -> None:
+        """Rotate the C-arm plane in use at up to CARM_DEG_S: left/right LAO/RAO, up/down
+        cranial/caudal (keys with the C-arm key held, or the left stick with the left trigger).
+        The angle is sent to the procedure five times a second while it changes."""
+        k = self.settings.keys
+        gx, gy = self.gamepad.carm_axes
+        d_lao = ((k["rotate_right"] in held) - (k["rotate_left"] in held) + gx) * CARM_DEG_S * self.proc.dt
+        d_cran = ((k["advance"] in held) - (k["retract"] in held) - gy) * CARM_DEG_S * self.proc.dt
+        p = self.proc.planes[self.carm_plane]
+        if self._carm_goal is not None and self._carm_goal_plane != self.carm_plane:
+            self._carm_goal = None  # the other plane was picked: start from where this one is
+        lao, cran = self._carm_goal or (p.lao_deg, p.cran_deg)
+        if not (d_lao or d_cran) and self._carm_goal is None:
+            return
+        self._carm_goal, self._carm_goal_plane = (lao + d_lao, cran + d_cran), self.carm_plane
+        if self.proc.step_index - self._carm_sent >= 6 and not self.pending:
+            self._carm_send()
 
     def _images(self) -> None:
         scene = self.proc.snapshot()
@@ -892,13 +944,21 @@ class TrainerApp:
                                    tr("hud_passes", self.lang, n=len(p.passes), tici=p.tici_shown or "-")]), x, y)
         pl = p.planes
         y = self._text(tr("hud_carm", self.lang, flao=pl["frontal"].lao_deg, fcran=pl["frontal"].cran_deg,
-                          llao=pl["lateral"].lao_deg, lcran=pl["lateral"].cran_deg), x, y, self.small)
+                          llao=pl["lateral"].lao_deg, lcran=pl["lateral"].cran_deg) + "   " +
+                       tr("hud_field", self.lang, plane=tr(self.carm_plane, self.lang),
+                          fov=pl[self.carm_plane].fov_cm, coll=100 * pl[self.carm_plane].collimation,
+                          auto="" if self.carm_plane in p.fov_user else " auto"), x, y, self.small)
         y = self._text(tr("hud_pulse", self.lang, pps=p.pulse_pps) + "   " +
                        tr("hud_table", self.lang, name=self.case.devices[self.table]), x, y, self.small)
         for k, d in enumerate(p.stack.devices):
             mark = f"[{k + 1}]" + ("*" if d.name == self.hand else " ")
-            y = self._text(tr("hud_device", self.lang, mark=mark, name=d.name, mm=d.inserted_mm, deg=d.phi_deg),
-                           x + 20, y, self.small)
+            line = tr("hud_device", self.lang, mark=mark, name=d.name, mm=d.inserted_mm, deg=d.phi_deg)
+            if d.inserted_mm > 0:
+                line += "  " + tr("hud_tip", self.lang, where=p.stack.label_at(d.inserted_mm))
+            if k > 0:  # how far it comes out of the device it runs in
+                outer = p.stack.devices[k - 1]
+                line += "  " + tr("hud_beyond", self.lang, mm=d.inserted_mm - outer.inserted_mm, name=outer.name)
+            y = self._text(line, x + 20, y, self.small)
         flags = []
         if p.balloon:
             flags.append(tr("hud_balloon", self.lang))
@@ -918,9 +978,10 @@ class TrainerApp:
         if self.exam:
             self._text(tr("exam_mode", self.lang), W - 200, IMG + 32, self.font, (255, 200, 120))
         if self.help:
-            self.pg.draw.rect(self.screen, (30, 30, 40), (100, 120, W - 200, 380))
-            yy = self._text(tr("help_title", self.lang), 120, 140, self.font, (140, 190, 255))
+            self.pg.draw.rect(self.screen, (30, 30, 40), (100, 100, W - 200, 440))
+            yy = self._text(tr("help_title", self.lang), 120, 120, self.font, (140, 190, 255))
             yy = self._wrap(tr("help_lines", self.lang), 120, yy + 10, W - 260, self.small)
+            yy = self._wrap(tr("help_carm", self.lang), 120, yy + 10, W - 260, self.small)
             yy = self._wrap(tr("help_mouse", self.lang), 120, yy + 10, W - 260, self.small)
             yy = self._wrap(tr("help_gamepad", self.lang), 120, yy + 10, W - 260, self.small)
             self._wrap(tr("help_settings", self.lang, path=self._settings_path), 120, yy + 10, W - 260, self.small)

@@ -32,7 +32,7 @@ from iratrainer.flow.circulation import Circulation, InjectionError
 from iratrainer.flow.network import FlowNetwork
 from iratrainer.flow.thrombectomy import COMPOSITION, TICI_GRADES, PassTechnique, pass_outcome
 from iratrainer.imaging.dose import DoseMeter
-from iratrainer.imaging.geometry import CArmPlane, frontal, lateral
+from iratrainer.imaging.geometry import FOV_CM, CArmPlane, frontal, lateral
 from iratrainer.imaging.phantom import default_phantom
 from iratrainer.imaging.scene import DeviceShape, Scene
 from iratrainer.imaging.xray import TECHNIQUES
@@ -72,6 +72,9 @@ class Controls:
         action: a one-shot action, ``verb[:arg[:arg]]``: ``insert:NAME``, ``remove:NAME``,
             ``dsa[:SECONDS]``, ``roadmap``, ``inject:ML:ML_S`` (hand injection),
             ``balloon:on|off``, ``aspiration:on|off``, ``carm:PLANE:LAO:CRAN``,
+            ``zoom:PLANE:FOV_CM|auto`` (detector field of view: 30, 22, 16, 11 cm, or back to the
+            automatic field that follows the tip), ``collimate:PLANE:FRACTION`` (iris radius as
+            a fraction of the half field, 0.2-1),
             ``pulse:PPS`` (fluoroscopy pulse rate, one of 3.75, 7.5, 15, 30; the dose per pulse
             does not change, so the dose rate does), ``end``.
     """
@@ -186,6 +189,7 @@ class Procedure:
         self._dsa_frames = 0
         self._pulse_next = 0.0
         self.pulse_pps = FLUORO_PPS
+        self.fov_user: dict[str, float] = {}  # planes the operator zoomed (else the field follows the tip)
         self._last_visited = len(self.stack.visited)
         self._on_path = self._route_labels()
         self._goal_labels = set(self.tree.subtree(case.goal.target))
@@ -367,6 +371,30 @@ class Procedure:
                 self.planes[plane] = p
                 self.roadmap_planes.discard(plane)
                 self.log(self.time_s, "carm", plane=plane, lao_deg=p.lao_deg, cran_deg=p.cran_deg,
+                         clamped=[str(n) for n in notes])
+            elif verb in ("zoom", "collimate"):
+                plane = args[0]
+                if plane not in self.planes:
+                    raise TrackError(f"unknown plane {plane!r}")
+                p = self.planes[plane]
+                if verb == "zoom":
+                    if args[1] == "auto":
+                        self.fov_user.pop(plane, None)
+                        self._follow_tip()
+                        p = self.planes[plane]
+                    else:
+                        fov = float(args[1])
+                        if fov not in FOV_CM:
+                            raise TrackError(f"field of view {args[1]} cm not one of "
+                                             f"{', '.join(f'{f:g}' for f in FOV_CM)} or auto")
+                        self.fov_user[plane] = fov
+                        p = replace(p, fov_cm=fov)
+                else:
+                    p = replace(p, collimation=float(args[1]))
+                p, notes = p.clamped()
+                self.planes[plane] = p
+                self.roadmap_planes.discard(plane)
+                self.log(self.time_s, verb, plane=plane, fov_cm=p.fov_cm, collimation=p.collimation,
                          clamped=[str(n) for n in notes])
             elif verb == "pulse":
                 pps = float(args[0])
@@ -574,8 +602,9 @@ class Procedure:
         iso, fov = ((0.0, 5.0, 215.0), 22.0) if z > 150 else (((0.0, 0.0, 60.0), 30.0) if z > -20 else
                                                                ((0.0, 0.0, z_table), 30.0))
         for name, p in self.planes.items():
-            if p.isocentre_mm != iso or p.fov_cm != fov:
-                self.planes[name] = replace(p, isocentre_mm=iso, fov_cm=self.case.carm.get("fov_cm", fov))
+            want = self.fov_user.get(name, self.case.carm.get("fov_cm", fov))  # the operator's zoom wins
+            if p.isocentre_mm != iso or p.fov_cm != want:
+                self.planes[name] = replace(p, isocentre_mm=iso, fov_cm=want)
 
     def _imaging(self, c: Controls) -> None:
         planes = ("frontal", "lateral") if c.biplane else ("frontal",)
