@@ -114,6 +114,16 @@ def test_replay_of_a_recorded_session(tmp_path, monkeypatch):
     img = _png(tmp_path / "sh" / "t20.png")
     assert img[20:532, 40:552].std() > 0.05  # the fluoroscopy of the session at ~20 s
     assert (img[H_TIMELINE] > 0.5).any()  # the timeline with its cursor
+    # a click at three quarters of the timeline seeks there
+    from iratrainer.app.trainer import TIMELINE, TrainerApp
+
+    x0, x1, y = TIMELINE
+    app = TrainerApp(None, None, None, True, [{"at_s": 0.1, "press": "SPACE"},
+                                              {"at_s": 0.2, "click": [x0 + 0.75 * (x1 - x0), y + 4]},
+                                              {"at_s": 0.3, "quit": True}], None, str(tmp_path / "none.toml"))
+    app.open_replay(sid[:8])
+    app.run()
+    assert app.proc.time_s == pytest.approx(0.75 * app.replay_end, abs=0.1)
 
 
 H_TIMELINE = slice(735, 760)

@@ -86,9 +86,9 @@ STRINGS: dict[str, dict[str, str]] = {
     "demo_written": {"fr": "Écrans du simulateur (cas par défaut) écrits dans {path}",
                      "en": "Trainer screens (default case) written to {path}"},
     "replay_hint": {"fr": "Relecture ×{speed} — {t} / {end} — Espace : lecture/pause · Gauche/Droite : ±10 s · "
-                          "Haut/Bas : vitesse · Échap : quitter",
+                          "Haut/Bas : vitesse · clic sur la frise : aller à · Échap : quitter",
                     "en": "Replay ×{speed} — {t} / {end} — Space: play/pause · Left/Right: ±10 s · Up/Down: speed · "
-                          "Esc: quit"},
+                          "click the timeline: go to · Esc: quit"},
     "improve": {"fr": "À améliorer :", "en": "To improve:"},
     "debrief_hint": {"fr": "Entrée : retour aux cas", "en": "Enter: back to the cases"},
     "no_display": {"fr": "Pas d'écran : lancez « iratrainer play --headless --script FICHIER --screenshot-dir DOSSIER » "

@@ -44,6 +44,7 @@ DEMO_SCRIPT = [
 
 W, H = 1280, 800
 IMG = 512
+TIMELINE = (40, W - 40, H - 60)  # replay timeline: left, right, top, pixels
 CARM_DEG_S = 15.0  # C-arm rotation speed, degrees per second
 OVERVIEW = 240  # side of the 3-D overview panel, pixels
 FPS = 30
@@ -224,6 +225,10 @@ class TrainerApp:
                             self.mouse_advance_mm += 5.0 * float(r["wheel"])
                         elif "drag" in r and self.state == "procedure":  # horizontal drag, pixels
                             self.mouse_rotate_deg += 1.0 * float(r["drag"])
+                        elif "click" in r:  # a left click at (x, y), through pygame's queue
+                            pos = tuple(int(v) for v in r["click"])
+                            for t in (pygame.MOUSEBUTTONDOWN, pygame.MOUSEBUTTONUP):
+                                pygame.event.post(pygame.event.Event(t, {"pos": pos, "button": 1}))
                         elif "text" in r:  # typed text (a trainee's name), as the keyboard's TEXTINPUT
                             pygame.event.post(pygame.event.Event(pygame.TEXTINPUT, {"text": str(r["text"])}))
                         elif "gamepad" in r:  # through pygame's queue, as a real pad's events
@@ -246,6 +251,10 @@ class TrainerApp:
                         self.new_name = (self.new_name + ev.text)[:60]
                     elif ev.type == pygame.KEYUP:
                         held.discard(pygame.key.name(ev.key).upper())
+                    elif ev.type == pygame.MOUSEBUTTONDOWN and ev.button == 1 and self.state == "replay":
+                        self._timeline_click(ev.pos)
+                    elif ev.type == pygame.MOUSEMOTION and ev.buttons[0] and self.state == "replay":
+                        self._timeline_click(ev.pos)  # dragging the cursor scrubs
                     elif ev.type == pygame.MOUSEWHEEL and self.state == "procedure":
                         self.mouse_advance_mm += 5.0 * ev.y  # 5 mm per notch
                     elif ev.type == pygame.MOUSEMOTION and ev.buttons[0] and self.state == "procedure":
@@ -1009,10 +1018,16 @@ class TrainerApp:
             self._overview_surface, self._overview_t = surf, t
         self.screen.blit(self._overview_surface, (x0, y0))
 
+    def _timeline_click(self, pos: tuple[int, int]) -> None:
+        """A click (or drag) on the replay timeline seeks to that time."""
+        x0, x1, y = TIMELINE
+        if x0 <= pos[0] <= x1 and y - 14 <= pos[1] <= y + 22:
+            self._replay_seek((pos[0] - x0) / (x1 - x0) * self.replay_end)
+
     def _draw_replay(self) -> None:
         self._draw_procedure()
         pg = self.pg
-        x0, x1, y = 40, W - 40, H - 60
+        x0, x1, y = TIMELINE
         pg.draw.rect(self.screen, (60, 60, 70), (x0, y, x1 - x0, 8))
         end = max(self.replay_end, 1e-6)
         for e in self.replay_events:
