@@ -225,8 +225,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
             assert seed.shape == (3,)
         except (ValueError, AssertionError):
             raise IratrainerError(f"--seed-point: expected x,y,z in mm, got {args.seed_point!r}") from None
-    data = read_dicom(args.inputs, series_uid=args.series, say=lambda m: print(f"iratrainer: {m}", file=sys.stderr))
     progress = None if args.quiet else _progress_bar
+    if len(args.inputs) == 2 and not args.series:
+        runs = [read_dicom([x], say=lambda m: print(f"iratrainer: {m}", file=sys.stderr)) for x in args.inputs]
+        if all(isinstance(r, Run2D) for r in runs):
+            return _segment_biplane(runs, out, progress)
+    data = read_dicom(args.inputs, series_uid=args.series, say=lambda m: print(f"iratrainer: {m}", file=sys.stderr))
     if isinstance(data, Run2D):
         from iratrainer.segmentation.vessel2d import segment_run
 
@@ -259,6 +263,27 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {len(tree)} branches, {tree.total_length_mm:.0f} mm of centerline, "
           f"radius {radii.min():.2f}-{radii.max():.2f} mm ({data.modality}, {data.voxels.shape[2]}x"
           f"{data.voxels.shape[1]}x{data.voxels.shape[0]} voxels)")
+    return 0
+
+
+def _segment_biplane(runs: list[Any], out: Path, progress: Any) -> int:
+    """Two calibrated XA runs of two planes: a 3-D tree by epipolar matching."""
+    import numpy as np
+
+    from iratrainer.anatomy.io import save_vessels
+    from iratrainer.segmentation.biplane import reconstruct_biplane
+    from iratrainer.segmentation.vessel2d import segment_run
+
+    segs = [segment_run(r, progress=progress) for r in runs]
+    res = reconstruct_biplane(segs[0].tree, runs[0], segs[1].tree, runs[1])
+    save_vessels(res.tree, out)
+    radii = np.concatenate([b.radii_mm for b in res.tree.branches])
+    print(f"wrote {out}: {len(res.tree)} branches, {res.tree.total_length_mm:.0f} mm of centerline, radius "
+          f"{radii.min():.2f}-{radii.max():.2f} mm (biplane: {100 * res.matched_fraction:.0f} % of the first view "
+          f"matched, median ray gap {res.median_ray_gap_mm:.2f} mm; coordinates relative to the isocentre)")
+    print("iratrainer: warning: biplane reconstruction is exact on complete 2-D trees but, on dense cortical "
+          "territories, vessels hidden in one view can be matched to the wrong vessel (docs/segmentation.md)",
+          file=sys.stderr)
     return 0
 
 
