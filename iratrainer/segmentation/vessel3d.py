@@ -183,6 +183,23 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
     for off in (-0.5, 0.0, 0.5):  # a thin slab along the vessel averages the noise
         vals.append(ndi.map_coordinates(vol, coords + (off * t)[:, None], order=1, mode="nearest"))
     v = np.mean(vals, axis=0) - background
+    # only this vessel: the bright blob of the cross-section that holds the point (another
+    # vessel crossing the plane nearby would pull the centroid and swell the area)
+    img = np.zeros(U.shape)
+    img[disk] = v
+    c0 = len(g) // 2
+    near = (U ** 2 + V ** 2 <= max(0.8, 0.5 * r_guess) ** 2) & disk
+    level = 0.5 * max(float(img[near].max()), 1e-9)
+    lab, n_lab = ndi.label(img > level)
+    own = lab[c0, c0]
+    if own == 0 and n_lab:
+        d_lab = ndi.minimum(U ** 2 + V ** 2, lab, index=np.arange(1, n_lab + 1))
+        own = int(np.argmin(d_lab)) + 1
+    if n_lab > 1 and own:
+        region = ndi.binary_dilation(lab == own, iterations=max(2, int(round(1.0 / step))))
+        region &= (lab == own) | (lab == 0)
+        region &= ~ndi.binary_dilation((lab != own) & (lab != 0), iterations=1)
+        v = np.where(region[disk], v, 0.0)
     w = np.clip(v, 0.0, None)
     if w.sum() <= 0:
         return p, r_guess, 0.0
@@ -276,8 +293,15 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
     for br in branches:
         ends = [degree[tuple(br[0])], degree[tuple(br[-1])]]
         terminal = 1 in ends
-        r_loc = float(np.max(edt[tuple(br.T)]))
-        if terminal and len(br) < 2 * r_loc + 2:
+        r_along = edt[tuple(br.T)]
+        r_loc = float(np.max(r_along))
+        if terminal and 1 not in ends[:1]:  # a spur runs from the junction (first) to the tip (last)
+            r_junc, r_tip = float(r_along[0]), float(np.median(r_along[len(br) // 2:]))
+        elif terminal:
+            r_junc, r_tip = float(r_along[-1]), float(np.median(r_along[: (len(br) + 1) // 2]))
+        if terminal and ends != [1, 1] and len(br) < r_junc + max(2.0, r_tip) + 1.0:
+            continue  # a spur reaches from the centre of a vessel to its surface, no further
+        if terminal and ends == [1, 1] and len(br) < 2 * r_loc + 2:
             continue
         if not terminal and len(br) <= max(3.0, r_loc):
             continue  # a short edge inside a junction cluster: the neighbours are joined by proximity
