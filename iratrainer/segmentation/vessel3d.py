@@ -215,6 +215,27 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
     return centroid, r, peak
 
 
+def _extend_end(maskf: np.ndarray, cent: np.ndarray, rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Continue a centerline past its free end along its end direction (a line fitted to its
+    last points), in half-voxel steps, as far as the lumen mask (the half-maximum edge)
+    reaches, less the end cap's radius; at most radius + 3 voxels."""
+    if len(cent) < 3:
+        return cent, rad
+    tail = cent[-min(8, len(cent)):]
+    u, sv, vt = np.linalg.svd(tail - tail.mean(axis=0))
+    t = vt[0] if vt[0] @ (tail[-1] - tail[0]) > 0 else -vt[0]
+    r_end = float(np.median(rad[-min(5, len(rad)):]))
+    steps = np.arange(0.5, r_end + 3.0 + 1e-9, 0.5)
+    pts = cent[-1] + steps[:, None] * t
+    inside = ndi.map_coordinates(maskf, pts.T, order=1, mode="constant", cval=0.0) > 0.5
+    n = len(inside) if inside.all() else int(np.argmin(inside))  # first step outside the lumen
+    reach = steps[n - 1] if n else 0.0
+    n_keep = int(np.floor((reach - r_end) / 0.5 + 1e-9))
+    if n_keep <= 0:
+        return cent, rad
+    return np.vstack([cent, pts[:n_keep]]), np.concatenate([rad, np.full(n_keep, r_end)])
+
+
 def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
                    progress: Callable[[str, float], None] | None = None, min_radius_vox: float = 0.8) -> Segmentation3D:
     """Run the pipeline of the module docstring on ``volume``.
@@ -307,6 +328,7 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             continue  # a short edge inside a junction cluster: the neighbours are joined by proximity
         kept.append(br)
     refined: list[tuple[np.ndarray, np.ndarray]] = []
+    maskf = mask.astype(np.float32)
     for bi, br in enumerate(kept):
         say("centerlines", 0.7 + 0.25 * bi / max(len(kept), 1))
         P = br.astype(np.float64)
@@ -332,7 +354,14 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             rad = ndi.median_filter(rad, size=5, mode="nearest")
         good = (rad >= min_radius_vox) & tubular
         if good.sum() >= 2:
-            refined.append((cent[good], rad[good]))
+            c_good, r_good = cent[good], rad[good]
+            # a free end (skeleton end point) stops about a radius short of the lumen's end
+            if degree[tuple(br[-1])] == 1:
+                c_good, r_good = _extend_end(maskf, c_good, r_good)
+            if degree[tuple(br[0])] == 1:
+                c_rev, r_rev = _extend_end(maskf, c_good[::-1], r_good[::-1])
+                c_good, r_good = c_rev[::-1].copy(), r_rev[::-1].copy()
+            refined.append((c_good, r_good))
     if not refined:
         raise SegmentationError("no centerline survived refinement")
     say("tree", 0.97)
