@@ -126,17 +126,18 @@ def test_atlas_branches_meet_the_accuracy_goals(small_phantom):
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_random_trees_not_tuned_on(seed):
-    """Trees the pipeline was not tuned on. Mean distance, precision and radii meet the goals;
-    the 95th percentile and recall fall short near junctions, so those bounds are the measured ones."""
+    """Trees the pipeline was not tuned on. Mean distance, precision, radii and branch counts
+    meet the goals; the 95th percentile (0.9 voxel) and the recall (0.98) fall a little short
+    near junctions, so those bounds are the measured ones."""
     truth = random_tree(seed)
     ph = cta_volume(truth, voxel_mm=0.5, seed=seed)
     seg = segment_volume(Volume(ph.hu, ph.affine, "CT", {}))
     acc = centerline_accuracy(seg.tree, truth, ph.voxel_mm)
     assert acc.median_radius_error <= 0.08
-    assert abs(acc.branches_detected - acc.branches_true) <= max(2, 0.5 * acc.branches_true)
-    assert acc.mean_distance_vox <= 0.5 and acc.median_distance_vox <= 0.2
-    assert acc.p95_distance_vox <= 1.2
-    assert acc.precision >= 0.98 and acc.recall >= 0.9
+    assert abs(acc.branches_detected - acc.branches_true) <= 0.25 * acc.branches_true
+    assert acc.mean_distance_vox <= 0.35 and acc.median_distance_vox <= 0.2
+    assert acc.p95_distance_vox <= 1.0
+    assert acc.precision >= 0.98 and acc.recall >= 0.96
 
 
 def test_seed_point_roots_the_tree(small_phantom):

@@ -117,7 +117,7 @@ def segment_run(run: Run2D, progress: Callable[[str, float], None] | None = None
     aff = np.diag([px, px, px, 1.0])
     geom = Volume(np.zeros((1, *frames.shape[1:]), np.float32), aff, "XA", dict(run.provenance))
     say("tree", 0.9)
-    tree = _build_tree(branches, geom, None, join_radii=1.5)
+    tree = _build_tree(branches, geom, None, join_radii=1.5, root_free_end=False)
     meta = dict(tree.metadata)
     meta.update({"units": "mm" if run.calibrated else "pixels", "plane": "detector (z = 0)",
                  "mask_frame": mask_i, "peak_frame": peak_i,

@@ -218,14 +218,16 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
 def _extend_end(maskf: np.ndarray, cent: np.ndarray, rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Continue a centerline past its free end along its end direction (a line fitted to its
     last points), in half-voxel steps, as far as the lumen mask (the half-maximum edge)
-    reaches, less the end cap's radius; at most radius + 3 voxels."""
+    reaches, less the end cap's radius; at most two radii + 3 voxels (a skeleton stops
+    about a radius short of the end of a capped tube, whose lumen reaches a radius beyond
+    its centerline's end)."""
     if len(cent) < 3:
         return cent, rad
     tail = cent[-min(8, len(cent)):]
     u, sv, vt = np.linalg.svd(tail - tail.mean(axis=0))
     t = vt[0] if vt[0] @ (tail[-1] - tail[0]) > 0 else -vt[0]
     r_end = float(np.median(rad[-min(5, len(rad)):]))
-    steps = np.arange(0.5, r_end + 3.0 + 1e-9, 0.5)
+    steps = np.arange(0.5, 2.0 * r_end + 3.0 + 1e-9, 0.5)
     pts = cent[-1] + steps[:, None] * t
     inside = ndi.map_coordinates(maskf, pts.T, order=1, mode="constant", cval=0.0) > 0.5
     n = len(inside) if inside.all() else int(np.argmin(inside))  # first step outside the lumen
@@ -370,9 +372,19 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
     return Segmentation3D(tree, mask, background, vessel_level, noise)
 
 
+def _cos_to(t: np.ndarray, b: Branch) -> float:
+    """Cosine between ``t`` and the first ~5 points' direction of ``b``."""
+    tb = b.points_mm[min(5, len(b.points_mm) - 1)] - b.points_mm[0]
+    return float(t @ tb) / max(float(np.linalg.norm(t) * np.linalg.norm(tb)), 1e-9)
+
+
 def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
-                seed_point: np.ndarray | None, join_radii: float = 3.0) -> VesselTree:
-    """Connect branch polylines (voxel coordinates z, y, x) into a tree in LPS mm."""
+                seed_point: np.ndarray | None, join_radii: float = 3.0, root_free_end: bool = True) -> VesselTree:
+    """Connect branch polylines (voxel coordinates z, y, x) into a tree in LPS mm.
+
+    ``root_free_end``: root at the widest end that no other polyline reaches (3-D: a
+    junction's ends are wide too); in a projection, where vessels overlap, any end counts.
+    """
     vox = float(np.mean(volume.spacing_mm))
     polys = []
     for cent, rad in refined:
@@ -418,8 +430,15 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         sp = np.asarray(seed_point, dtype=np.float64)
         root_i, root_e = min(ends, key=lambda ie: float(np.linalg.norm(polys[ie[0]][0][ie[1]] - sp)))
     else:
-        root_i, root_e = max(ends, key=lambda ie: float(np.median(polys[ie[0]][1][:5] if ie[1] == 0
-                                                                   else polys[ie[0]][1][-5:])))
+        # the widest free end (one that no other polyline reaches: a junction's ends are wide too)
+        def free(ie: tuple[int, int]) -> bool:
+            i, e = ie
+            return all(np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) > reach(i, e)
+                       for j in range(len(polys)) if j != i)
+
+        free_ends = ([ie for ie in ends if free(ie)] if root_free_end else []) or ends
+        root_i, root_e = max(free_ends, key=lambda ie: float(np.median(polys[ie[0]][1][:5] if ie[1] == 0
+                                                                        else polys[ie[0]][1][-5:])))
     if root_e == -1:
         polys[root_i] = (polys[root_i][0][::-1].copy(), polys[root_i][1][::-1].copy())
     placed: dict[int, str] = {root_i: "V0"}
@@ -436,8 +455,18 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             for e in (0, -1):
                 d = np.linalg.norm(pts_l - pj[e], axis=1)
                 k = int(np.argmin(d))
-                if j not in best_of or d[k] < best_of[j][0]:
-                    best_of[j] = (float(d[k]), e, label, k)
+                dk, lab_k = float(d[k]), label
+                par = out[where[label]].parent
+                if k <= 1 and par is not None:
+                    # the first points of a branch are its junction: attach to the branch it leaves
+                    # (where a continuation can still be recognised) when that is about as near
+                    pb_ = out[where[par]]
+                    kp = out[where[label]].parent_index
+                    dp = float(np.linalg.norm(pb_.points_mm[kp] - pj[e]))
+                    if dp <= dk + 1.5 * vox:
+                        dk, lab_k, k = dp, par, kp
+                if j not in best_of or dk < best_of[j][0]:
+                    best_of[j] = (dk, e, lab_k, k)
 
     offer("V0")
     while remaining:
@@ -458,10 +487,12 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         if k >= len(pp) - 2 and len(pp) >= 3 and len(pj) >= 3:
             # attached at the parent's end: if it continues the parent's direction (< 50 degrees)
             # and nothing else leaves there yet, it is the same vessel beyond a junction
-            t_par = pp[-1] - pp[-3]
-            t_new = pj[min(2, len(pj) - 1)] - pj[0]
+            t_par = pp[-1] - pp[max(0, len(pp) - 6)]  # over ~5 points: junction points are noisy
+            t_new = pj[min(5, len(pj) - 1)] - pj[0]
             cosang = float(t_par @ t_new) / max(np.linalg.norm(t_par) * np.linalg.norm(t_new), 1e-9)
-            taken = any(b.parent == lab and b.parent_index >= len(pp) - 2 for b in out)
+            # the continuation is the best-aligned vessel leaving the end, whichever came first
+            taken = any(b.parent == lab and b.parent_index >= len(pp) - 2 and _cos_to(t_par, b) >= cosang
+                        for b in out)
             if cosang > np.cos(np.radians(50)) and not taken:
                 ext = np.vstack([pp, pj])
                 er = np.concatenate([parent.radii_mm, rj])
