@@ -354,6 +354,9 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
         if len(cent) >= 5:
             cent = ndi.uniform_filter1d(cent, 3, axis=0, mode="nearest")
             rad = ndi.median_filter(rad, size=5, mode="nearest")
+        # the neighbours of a junction's points are half in it too
+        if not tubular.all():
+            tubular &= ~ndi.binary_dilation(~tubular, iterations=1)
         good = (rad >= min_radius_vox) & tubular
         if good.sum() >= 2:
             c_good, r_good = cent[good], rad[good]
@@ -490,10 +493,20 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             t_par = pp[-1] - pp[max(0, len(pp) - 6)]  # over ~5 points: junction points are noisy
             t_new = pj[min(5, len(pj) - 1)] - pj[0]
             cosang = float(t_par @ t_new) / max(np.linalg.norm(t_par) * np.linalg.norm(t_new), 1e-9)
-            # the continuation is the best-aligned vessel leaving the end, whichever came first
-            taken = any(b.parent == lab and b.parent_index >= len(pp) - 2 and _cos_to(t_par, b) >= cosang
-                        for b in out)
-            if cosang > np.cos(np.radians(50)) and not taken:
+            # the continuation is the best-aligned vessel leaving the end, whichever comes first,
+            # and clearly so: at a bifurcation (two children leaving alike) the parent ends
+            others = [_cos_to(t_par, b) for b in out if b.parent == lab and b.parent_index >= len(pp) - 2]
+            for j2 in remaining:
+                p2 = polys[j2][0]
+                for e2 in (0, -1):
+                    if np.linalg.norm(p2[e2] - pp[-1]) <= reach(j2, e2):
+                        q2 = p2 if e2 == 0 else p2[::-1]
+                        t2 = q2[min(5, len(q2) - 1)] - q2[0]
+                        others.append(float(t_par @ t2) / max(float(np.linalg.norm(t_par) * np.linalg.norm(t2)),
+                                                              1e-9))
+            clear = all(cosang > c2 + 0.1 for c2 in others)
+            same_calibre = float(np.median(rj[:12])) >= 0.7 * float(np.median(parent.radii_mm[-12:]))
+            if cosang > np.cos(np.radians(50)) and clear and same_calibre:
                 ext = np.vstack([pp, pj])
                 er = np.concatenate([parent.radii_mm, rj])
                 keep = np.concatenate([[True], np.linalg.norm(np.diff(ext, axis=0), axis=1) > 1e-6])
@@ -501,6 +514,21 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
                 placed[j] = lab
                 offer(lab)
                 continue
+        if len(pj) >= 3:
+            # the junction points were left out: the branch leaves its parent where its own
+            # direction, followed back, meets the parent's centerline (not at the parent point
+            # nearest to its first kept point, which cuts the corner)
+            back = pj[0] - pj[min(5, len(pj) - 1)]
+            nb_ = float(np.linalg.norm(back))
+            if nb_ > 1e-9:
+                back /= nb_
+                rel = pp - pj[0]
+                s_ = rel @ back
+                perp = np.linalg.norm(rel - np.outer(s_, back), axis=1)
+                cost = np.where(s_ > 0, perp, np.linalg.norm(rel, axis=1)) + 0.1 * np.abs(s_)
+                k_alt = int(np.argmin(cost))
+                if np.linalg.norm(pp[k_alt] - pj[0]) <= 2.0 * np.linalg.norm(pp[k] - pj[0]) + tol:
+                    k = k_alt
         pts = np.vstack([pp[k], pj])
         rr = np.concatenate([[rj[0]], rj])
         keep = np.concatenate([[True], np.linalg.norm(np.diff(pts, axis=0), axis=1) > 1e-6])
