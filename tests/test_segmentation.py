@@ -126,10 +126,8 @@ def test_atlas_branches_meet_the_accuracy_goals(small_phantom):
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_random_trees_not_tuned_on(seed):
-    """Trees the pipeline was not tuned on. Mean distance, precision, radii and branch counts
-    meet the goals on both; the 95th percentile meets it too (0.41, 0.36 voxel for 0.9); the
-    recall of seed 22 (0.974) falls just short of 0.98, so that bound is the measured one.
-    Ten seeds are reported in docs/segmentation.md."""
+    """Trees the pipeline was not tuned on: every goal of the issue on these two. Ten seeds
+    are reported in docs/segmentation.md (the 95th percentile is not met on four of them)."""
     truth = random_tree(seed)
     ph = cta_volume(truth, voxel_mm=0.5, seed=seed)
     seg = segment_volume(Volume(ph.hu, ph.affine, "CT", {}))
@@ -137,8 +135,8 @@ def test_random_trees_not_tuned_on(seed):
     assert acc.median_radius_error <= 0.08
     assert abs(acc.branches_detected - acc.branches_true) <= 0.25 * acc.branches_true
     assert acc.mean_distance_vox <= 0.35 and acc.median_distance_vox <= 0.2
-    assert acc.p95_distance_vox <= 0.6
-    assert acc.precision >= 0.98 and acc.recall >= 0.97
+    assert acc.p95_distance_vox <= 0.9
+    assert acc.precision >= 0.98 and acc.recall >= 0.98
 
 
 def test_seed_point_roots_the_tree(small_phantom):

@@ -215,6 +215,24 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
     return centroid, r, peak
 
 
+def _reach_in_mask(mask: np.ndarray, pts: np.ndarray, max_vox: float = 12.0) -> float:
+    """How far (voxels) the lumen mask goes on past the last of ``pts`` along their end direction."""
+    if len(pts) < 2:
+        return 0.0
+    t = pts[-1] - pts[max(0, len(pts) - 5)]
+    nt = float(np.linalg.norm(t))
+    if nt < 1e-9:
+        return 0.0
+    t /= nt
+    steps = np.arange(0.5, max_vox + 1e-9, 0.5)
+    q = np.round(pts[-1] + steps[:, None] * t).astype(int)
+    ok = np.all((q >= 0) & (q < np.array(mask.shape)), axis=1)
+    inside = np.zeros(len(steps), bool)
+    inside[ok] = mask[q[ok, 0], q[ok, 1], q[ok, 2]]
+    n = len(inside) if inside.all() else int(np.argmin(inside))
+    return float(steps[n - 1]) if n else 0.0
+
+
 def _extend_end(maskf: np.ndarray, cent: np.ndarray, rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Continue a centerline past its free end along its end direction (a line fitted to its
     last points), in half-voxel steps, as far as the lumen mask (the half-maximum edge)
@@ -318,12 +336,15 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
         terminal = 1 in ends
         r_along = edt[tuple(br.T)]
         r_loc = float(np.max(r_along))
-        if terminal and 1 not in ends[:1]:  # a spur runs from the junction (first) to the tip (last)
-            r_junc, r_tip = float(r_along[0]), float(np.median(r_along[len(br) // 2:]))
-        elif terminal:
-            r_junc, r_tip = float(r_along[-1]), float(np.median(r_along[: (len(br) + 1) // 2]))
-        if terminal and ends != [1, 1] and len(br) < r_junc + max(2.0, r_tip) + 1.0:
-            continue  # a spur reaches from the centre of a vessel to its surface, no further
+        if terminal and ends != [1, 1]:
+            # a spur runs from the centre of a vessel to its surface and no further: there the
+            # lumen ends at once; a real end's skeleton stops about a radius inside its lumen
+            tip_first = ends[0] == 1
+            r_junc = float(r_along[-1] if tip_first else r_along[0])
+            seq = br[::-1] if tip_first else br
+            beyond = _reach_in_mask(mask, seq.astype(np.float64))
+            if len(br) + beyond < r_junc + 2.0:
+                continue
         if terminal and ends == [1, 1] and len(br) < 2 * r_loc + 2:
             continue
         if not terminal and len(br) <= max(3.0, r_loc):
