@@ -111,6 +111,7 @@ def test_recorded_run_reports_and_exports(db, tmp_path, capsys):
     s = Store(db)
     sessions = s.sessions()
     assert len(sessions) == 2 and all(x["status"] == "completed" for x in sessions)
+    assert [x["trainee"] for x in sessions] == ["Alice Martin", "Bob Durand"]  # oldest first, same second or not
     ev = s.events_of(sessions[0]["id"])
     assert ev == [json.loads(line) for line in (tmp_path / "expert" / "events.jsonl").read_text().splitlines()]
     assert main(["progress", "Alice Martin"]) == 0

@@ -219,7 +219,7 @@ class Store:
         elif cohort is not None:
             sql += " WHERE t.cohort = ?"
             args.append(cohort)
-        return list(self.db.query(sql + " ORDER BY s.started_at, s.id", args))
+        return list(self.db.query(sql + " ORDER BY s.started_at, s.rowid", args))  # rowid: insertion order
 
     def metrics_of(self, sid: str) -> dict[str, Any]:
         """The metrics of one session."""
