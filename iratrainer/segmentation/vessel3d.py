@@ -102,6 +102,7 @@ def _tube_kernel():  # compiled on first use (numba), cached on disk
 
 
 _TUBE = None
+ELONGATION_MAX = 1.8  # one tube cut 45° off its axis: 1.41; two equal tubes side by side: 2.24
 
 
 def tubeness(sm: np.ndarray, candidates: np.ndarray, sigmas: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0)) -> np.ndarray:
@@ -166,7 +167,8 @@ def _trace_branches(skel: np.ndarray, offsets: np.ndarray | None = None) -> list
 
 def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float, background: float) -> tuple[
         np.ndarray, float, float]:
-    """Centroid (z, y, x), radius (voxels) and peak of the cross-section of ``vol`` at ``p`` normal to ``t``."""
+    """Centroid (z, y, x), radius (voxels), peak and elongation (ratio of the principal axes of
+    the part above half the peak) of the cross-section of ``vol`` at ``p`` normal to ``t``."""
     t = t / max(np.linalg.norm(t), 1e-9)
     a = np.cross(t, [1.0, 0.0, 0.0])
     if np.linalg.norm(a) < 0.3:
@@ -202,17 +204,25 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
         v = np.where(region[disk], v, 0.0)
     w = np.clip(v, 0.0, None)
     if w.sum() <= 0:
-        return p, r_guess, 0.0
+        return p, r_guess, 0.0, 1.0
     centroid = (coords * w).sum(axis=1) / w.sum()
     # peak: mean of the central values around the centroid (robust to noise)
     d2 = ((coords - centroid[:, None]) ** 2).sum(axis=0)
     core = d2 <= max(0.5 * r_guess, 0.8) ** 2
     peak = float(np.mean(v[core])) if np.any(core) else float(v.max())
     if peak <= 0:
-        return centroid, r_guess, 0.0
+        return centroid, r_guess, 0.0, 1.0
     area = float(np.sum(v)) * step * step
     r = float(np.sqrt(max(area, 0.0) / (np.pi * peak)))
-    return centroid, r, peak
+    # elongation of the blob above half the peak (principal second moments): 1 for one vessel
+    # cut across, more where two vessels run merged
+    half = w > 0.5 * peak
+    elong = 1.0
+    if np.count_nonzero(half) >= 6:
+        rel = coords[:, half] - coords[:, half].mean(axis=1, keepdims=True)
+        ev = np.linalg.eigvalsh(rel @ rel.T / rel.shape[1])  # the smallest is ~0: the blob is planar
+        elong = float(np.sqrt(ev[-1] / max(ev[-2], 1e-9)))
+    return centroid, r, peak, elong
 
 
 def _reach_in_mask(mask: np.ndarray, pts: np.ndarray, max_vox: float = 12.0) -> float:
@@ -364,13 +374,14 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             t = P[min(i + 2, len(P) - 1)] - P[max(i - 2, 0)]
             r_e = float(edt[tuple(br[i])]) + 0.5
             r0 = max(r_e - 0.5, 1.0)
-            c, r, _ = _cross_section(sm, P[i], t, r0, background)
+            c, r, _, _ = _cross_section(sm, P[i], t, r0, background)
             # a second pass from the refined point
-            c, r, _ = _cross_section(sm, c, t, max(r, 0.8), background)
+            c, r, _, elong = _cross_section(sm, c, t, max(r, 0.8), background)
             cent[i], rad[i] = c, r
-            # at a junction the cross-section holds two vessels: its centroid wanders off the
-            # skeleton and its radius swells; such points are left out (the tree joins across)
-            if np.linalg.norm(c - P[i]) > max(1.0, 0.6 * r_e) or r > 1.6 * r_e:
+            # at a junction, or where two vessels run merged, the cross-section holds two vessels:
+            # its centroid wanders off the skeleton, its radius swells, or it is elongated; such
+            # points are left out (the tree joins across)
+            if np.linalg.norm(c - P[i]) > max(1.0, 0.6 * r_e) or r > 1.6 * r_e or elong > ELONGATION_MAX:
                 tubular[i] = False
         if len(cent) >= 5:
             cent = ndi.uniform_filter1d(cent, 3, axis=0, mode="nearest")
