@@ -393,3 +393,11 @@ def test_carm_rotation_zoom_and_collimation_from_the_keys_and_the_pad(tmp_path):
     assert app.proc.stack.devices[0].inserted_mm == 0.0  # the hands were on the C-arm
     kinds = [e.kind for e in app.proc.events]
     assert kinds.count("zoom") == 2 and kinds.count("collimate") == 2 and kinds.count("carm") >= 10
+
+
+def test_hand_injection_key_puffs_contrast(tmp_path):
+    script = [{"at_s": 0.2, "press": "RETURN"}, {"at_s": 0.3, "press": "I"}, {"at_s": 0.5, "hold": "UP", "for_s": 2},
+              {"at_s": 2.8, "press": "J"}, {"at_s": 3.5, "quit": True}]
+    app = _run(tmp_path, "puff", script, display="software")
+    inj = [e for e in app.proc.events if e.kind == "inject"]
+    assert len(inj) == 1 and inj[0].data["volume_ml"] == 3.0 and app.proc.contrast_ml == 3.0

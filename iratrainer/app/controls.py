@@ -45,13 +45,13 @@ DEFAULT_KEYS: dict[str, str] = {
     "dsa": "D", "roadmap": "R", "insert": "I", "next_table": "N", "prev_table": "P", "remove": "X",
     "balloon": "B", "aspiration": "A", "biplane": "V", "help": "H", "pause": "ESCAPE", "end": "E",
     "language": "L", "abort": "Q", "pulse_rate": "F", "overview": "O", "review": "W",
-    "carm": "C", "carm_plane": "K", "zoom": "Z", "collimate_in": "[", "collimate_out": "]",
+    "carm": "C", "carm_plane": "K", "zoom": "Z", "collimate_in": "[", "collimate_out": "]", "inject": "J",
 }
 
 # actions a gamepad button can carry: the keyboard's one-shot actions plus the device in hand
 GAMEPAD_ACTIONS = frozenset({"dsa", "roadmap", "insert", "remove", "next_table", "prev_table", "balloon",
                              "aspiration", "biplane", "help", "pause", "end", "pulse_rate", "overview", "review",
-                             "carm_plane", "zoom", "collimate_in", "collimate_out",
+                             "carm_plane", "zoom", "collimate_in", "collimate_out", "inject",
                              "next_device", "prev_device", "abort"})
 
 DEFAULT_GAMEPAD: dict[str, Any] = {

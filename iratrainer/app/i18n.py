@@ -46,12 +46,14 @@ STRINGS: dict[str, dict[str, str]] = {
     "message_refused": {"fr": "Impossible : {reason}", "en": "Not possible: {reason}"},
     "help_title": {"fr": "Commandes (H pour fermer)", "en": "Controls (H to close)"},
     "help_lines": {"fr": "1-9 choisir le matériel · Haut/Bas : pousser/retirer (Maj : lent) · Gauche/Droite : rotation · "
-                         "Espace (maintenir) : scopie · F : cadence de scopie · D : DSA · R : feuille de route · "
+                         "Espace (maintenir) : scopie · F : cadence de scopie · D : DSA · J : injection manuelle · "
+                         "R : feuille de route · "
                          "I/N/P : insérer / choisir sur la table · X : retirer le matériel · B : ballonnet · "
                          "A : aspiration · V : biplan · W : revoir la dernière DSA · O : vue 3-D · Échap : pause · "
                          "E : terminer · L : langue",
                    "en": "1-9 pick the device · Up/Down push/pull (Shift: slow) · Left/Right torque · "
-                         "Space (hold): fluoroscopy · F: pulse rate · D: DSA · R: roadmap · I/N/P: insert / pick on "
+                         "Space (hold): fluoroscopy · F: pulse rate · D: DSA · J: hand injection · R: roadmap · "
+                         "I/N/P: insert / pick on "
                          "the table · X: remove the device · B: balloon · A: aspiration · V: biplane · "
                          "W: review the last DSA · O: 3-D view · Esc: pause · E: end · L: language"},
     "help_mouse": {"fr": "Souris : molette = pousser/retirer (5 mm par cran) · glisser à gauche/droite = rotation",

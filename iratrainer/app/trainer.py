@@ -45,7 +45,8 @@ DEMO_SCRIPT = [
 W, H = 1280, 800
 IMG = 512
 TIMELINE = (40, W - 40, H - 60)  # replay timeline: left, right, top, pixels
-CARM_DEG_S = 15.0  # C-arm rotation speed, degrees per second
+CARM_DEG_S = 15.0
+HAND_PUFF_ML, HAND_PUFF_ML_S = 3.0, 3.0  # the hand injector's puff: volume, rate  # C-arm rotation speed, degrees per second
 OVERVIEW = 240  # side of the 3-D overview panel, pixels
 FPS = 30
 MAX_CATCH_UP = 4
@@ -471,6 +472,8 @@ class TrainerApp:
                 self.pending = f"remove:{self.hand}"
             elif key == k["dsa"]:
                 self.pending = "dsa"
+            elif key == k["inject"]:  # a hand injection (a puff under fluoroscopy): 3 mL at 3 mL/s
+                self.pending = f"inject:{HAND_PUFF_ML:g}:{HAND_PUFF_ML_S:g}"
             elif key == k["roadmap"]:
                 self.pending = "roadmap"
             elif key == k["balloon"]:
