@@ -492,13 +492,13 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
                 k = int(np.argmin(d))
                 dk, lab_k = float(d[k]), label
                 par = out[where[label]].parent
-                if k <= 1 and par is not None:
+                if k <= 2 and par is not None:
                     # the first points of a branch are its junction: attach to the branch it leaves
-                    # (where a continuation can still be recognised) when that is about as near
+                    # (where a continuation can still be recognised) when that is within reach
                     pb_ = out[where[par]]
                     kp = out[where[label]].parent_index
                     dp = float(np.linalg.norm(pb_.points_mm[kp] - pj[e]))
-                    if dp <= dk + 1.5 * vox:
+                    if dp <= reach(j, e):
                         dk, lab_k, k = dp, par, kp
                 if j not in best_of or dk < best_of[j][0]:
                     best_of[j] = (dk, e, lab_k, k)
