@@ -266,6 +266,17 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _window_arguments(p: argparse.ArgumentParser) -> None:
+    """The options every command that opens the trainer window takes."""
+    p.add_argument("--db", help="records database")
+    p.add_argument("--headless", action="store_true", help="offscreen, driven by --script")
+    p.add_argument("--script", help="recorded inputs, JSON lines ({\"at_s\": 1.0, \"press\": \"RETURN\"} ...)")
+    p.add_argument("--screenshot-dir", help="where --script screenshots go")
+    p.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
+    p.add_argument("--display", choices=("auto", "opengl", "software"),
+                   help="OpenGL window or pygame's software display (default: the settings', auto)")
+
+
 def _segment_biplane(runs: list[Any], out: Path, progress: Any) -> int:
     """Two calibrated XA runs of two planes: a 3-D tree by epipolar matching."""
     import numpy as np
@@ -655,27 +666,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "--screenshot-dir DIR drives the real app with recorded inputs.")
     pl.add_argument("case", nargs="?", help="case file or shipped case id (default: the case menu)")
     pl.add_argument("--trainee", help="record the sessions for this trainee")
-    pl.add_argument("--db", help="records database")
-    pl.add_argument("--headless", action="store_true", help="offscreen, driven by --script")
-    pl.add_argument("--script", help="recorded inputs, JSON lines ({\"at_s\": 1.0, \"press\": \"RETURN\"} ...)")
-    pl.add_argument("--screenshot-dir", help="where --script screenshots go")
-    pl.add_argument("--settings", help="settings file (default: settings.toml in the user config folder)")
+    _window_arguments(pl)
     pl.add_argument("--seed", type=_seed, default=0, help="session seed")
     pl.add_argument("--resume", metavar="SESSION_ID", help="continue a session a crash interrupted")
     pl.add_argument("--exam", action="store_true", help="exam mode: no 3-D overview, recorded as an exam")
-    pl.add_argument("--display", choices=("auto", "opengl", "software"),
-                    help="OpenGL window or pygame's software display (default: the settings', auto)")
     pl.set_defaults(func=_cmd_play)
 
     rpl = sub.add_parser("replay", help="replay a recorded session, with a timeline to scrub",
                          description="Replay a session from its recorded control log (bit-identical to the session).")
     rpl.add_argument("session", help="session id (or its first characters)")
-    rpl.add_argument("--db", help="records database")
-    rpl.add_argument("--headless", action="store_true", help="offscreen, driven by --script")
-    rpl.add_argument("--script", help="recorded inputs, JSON lines")
-    rpl.add_argument("--screenshot-dir", help="where --script screenshots go")
-    rpl.add_argument("--settings", help="settings file")
-    rpl.add_argument("--display", choices=("auto", "opengl", "software"), help="OpenGL or software display")
+    _window_arguments(rpl)
     rpl.set_defaults(func=_cmd_replay)
 
     tr = sub.add_parser("trainee", help="add and list trainees in the records database")
