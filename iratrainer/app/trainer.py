@@ -1007,15 +1007,15 @@ class TrainerApp:
             self.overview = Overview(self.proc.tree, OVERVIEW)
             self._overview_tree = self.proc.tree
             self._overview_surface, self._overview_t = None, 0.0
-        st = self.proc.stack
-        devices = [(d.spec.kind, st.shape(d.name)) for d in st.devices if d.inserted_mm > 0]
-        tree = self.proc.tree
-        clots = [tree.point_at(c.spec.branch, c.start_mm + 0.5 * c.length_mm) for c in self.proc.circ.clots
-                 if c.present]
-        focus = (max(devices, key=lambda d: d[1][-1][2])[1][-1] if devices else (clots[0] if clots else None))
         # redrawn ten times a second of simulation (it turns at 12 deg/s), else the last drawing
         t = self.proc.time_s
         if self._overview_surface is None or t < self._overview_t or t - self._overview_t >= 0.1 - 1e-9:
+            st = self.proc.stack
+            devices = [(d.spec.kind, st.shape(d.name)) for d in st.devices if d.inserted_mm > 0]
+            tree = self.proc.tree
+            clots = [tree.point_at(c.spec.branch, c.start_mm + 0.5 * c.length_mm) for c in self.proc.circ.clots
+                     if c.present]
+            focus = (max(devices, key=lambda d: d[1][-1][2])[1][-1] if devices else (clots[0] if clots else None))
             surf = self._overview_surface or self.pg.Surface((OVERVIEW, OVERVIEW), self.screen.get_flags())
             self.overview.draw(self.pg, surf, 0, 0, t, devices, clots, tr("overview_title", self.lang), focus)
             self._overview_surface, self._overview_t = surf, t
