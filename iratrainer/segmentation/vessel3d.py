@@ -166,7 +166,7 @@ def _trace_branches(skel: np.ndarray, offsets: np.ndarray | None = None) -> list
 
 
 def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float, background: float) -> tuple[
-        np.ndarray, float, float]:
+        np.ndarray, float, float, float]:
     """Centroid (z, y, x), radius (voxels), peak and elongation (ratio of the principal axes of
     the part above half the peak) of the cross-section of ``vol`` at ``p`` normal to ``t``."""
     t = t / max(np.linalg.norm(t), 1e-9)
@@ -225,45 +225,39 @@ def _cross_section(vol: np.ndarray, p: np.ndarray, t: np.ndarray, r_guess: float
     return centroid, r, peak, elong
 
 
-def _reach_in_mask(mask: np.ndarray, pts: np.ndarray, max_vox: float = 12.0) -> float:
-    """How far (voxels) the lumen mask goes on past the last of ``pts`` along their end direction."""
-    if len(pts) < 2:
-        return 0.0
-    t = pts[-1] - pts[max(0, len(pts) - 5)]
-    nt = float(np.linalg.norm(t))
-    if nt < 1e-9:
-        return 0.0
-    t /= nt
+def _reach(maskf: np.ndarray, start: np.ndarray, t: np.ndarray, max_vox: float) -> float:
+    """How far (voxels, in half-voxel steps) the lumen mask (as float, > 0.5 inside) goes on
+    from ``start`` along the unit direction ``t``, up to ``max_vox``."""
     steps = np.arange(0.5, max_vox + 1e-9, 0.5)
-    q = np.round(pts[-1] + steps[:, None] * t).astype(int)
-    ok = np.all((q >= 0) & (q < np.array(mask.shape)), axis=1)
-    inside = np.zeros(len(steps), bool)
-    inside[ok] = mask[q[ok, 0], q[ok, 1], q[ok, 2]]
-    n = len(inside) if inside.all() else int(np.argmin(inside))
+    pts = start + steps[:, None] * t
+    inside = ndi.map_coordinates(maskf, pts.T, order=1, mode="constant", cval=0.0) > 0.5
+    n = len(inside) if inside.all() else int(np.argmin(inside))  # first step outside the lumen
     return float(steps[n - 1]) if n else 0.0
 
 
+def _end_direction(pts: np.ndarray) -> np.ndarray | None:
+    """Unit direction of a polyline at its last point (a line fitted to its last 8 points)."""
+    if len(pts) < 2:
+        return None
+    tail = pts[-min(8, len(pts)):]
+    _, _, vt = np.linalg.svd(tail - tail.mean(axis=0))
+    return vt[0] if vt[0] @ (tail[-1] - tail[0]) > 0 else -vt[0]
+
+
 def _extend_end(maskf: np.ndarray, cent: np.ndarray, rad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Continue a centerline past its free end along its end direction (a line fitted to its
-    last points), in half-voxel steps, as far as the lumen mask (the half-maximum edge)
-    reaches, less the end cap's radius; at most two radii + 3 voxels (a skeleton stops
-    about a radius short of the end of a capped tube, whose lumen reaches a radius beyond
-    its centerline's end)."""
-    if len(cent) < 3:
+    """Continue a centerline past its free end along its end direction, in half-voxel steps,
+    as far as the lumen mask (the half-maximum edge) reaches, less the end cap's radius; at
+    most two radii + 3 voxels (a skeleton stops about a radius short of the end of a capped
+    tube, whose lumen reaches a radius beyond its centerline's end)."""
+    t = _end_direction(cent) if len(cent) >= 3 else None
+    if t is None:
         return cent, rad
-    tail = cent[-min(8, len(cent)):]
-    u, sv, vt = np.linalg.svd(tail - tail.mean(axis=0))
-    t = vt[0] if vt[0] @ (tail[-1] - tail[0]) > 0 else -vt[0]
     r_end = float(np.median(rad[-min(5, len(rad)):]))
-    steps = np.arange(0.5, 2.0 * r_end + 3.0 + 1e-9, 0.5)
-    pts = cent[-1] + steps[:, None] * t
-    inside = ndi.map_coordinates(maskf, pts.T, order=1, mode="constant", cval=0.0) > 0.5
-    n = len(inside) if inside.all() else int(np.argmin(inside))  # first step outside the lumen
-    reach = steps[n - 1] if n else 0.0
-    n_keep = int(np.floor((reach - r_end) / 0.5 + 1e-9))
+    n_keep = int(np.floor((_reach(maskf, cent[-1], t, 2.0 * r_end + 3.0) - r_end) / 0.5 + 1e-9))
     if n_keep <= 0:
         return cent, rad
-    return np.vstack([cent, pts[:n_keep]]), np.concatenate([rad, np.full(n_keep, r_end)])
+    pts = cent[-1] + (0.5 * np.arange(1, n_keep + 1))[:, None] * t
+    return np.vstack([cent, pts]), np.concatenate([rad, np.full(n_keep, r_end)])
 
 
 def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
@@ -340,6 +334,7 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
     index = {tuple(p): True for p in pts_all}
     for p in pts_all:
         degree[tuple(p)] = sum(1 for d in _NB26 if index.get((p[0] + d[0], p[1] + d[1], p[2] + d[2])))
+    maskf = mask.astype(np.float32)
     kept = []
     for br in branches:
         ends = [degree[tuple(br[0])], degree[tuple(br[-1])]]
@@ -351,8 +346,9 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             # lumen ends at once; a real end's skeleton stops about a radius inside its lumen
             tip_first = ends[0] == 1
             r_junc = float(r_along[-1] if tip_first else r_along[0])
-            seq = br[::-1] if tip_first else br
-            beyond = _reach_in_mask(mask, seq.astype(np.float64))
+            seq = (br[::-1] if tip_first else br).astype(np.float64)
+            t_tip = _end_direction(seq)
+            beyond = _reach(maskf, seq[-1], t_tip, 12.0) if t_tip is not None else 0.0
             if len(br) + beyond < r_junc + 2.0:
                 continue
         if terminal and ends == [1, 1] and len(br) < 2 * r_loc + 2:
@@ -361,7 +357,6 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             continue  # a short edge inside a junction cluster: the neighbours are joined by proximity
         kept.append(br)
     refined: list[tuple[np.ndarray, np.ndarray]] = []
-    maskf = mask.astype(np.float32)
     for bi, br in enumerate(kept):
         say("centerlines", 0.7 + 0.25 * bi / max(len(kept), 1))
         P = br.astype(np.float64)
@@ -407,10 +402,14 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
     return Segmentation3D(tree, mask, background, vessel_level, noise)
 
 
-def _cos_to(t: np.ndarray, b: Branch) -> float:
-    """Cosine between ``t`` and the first ~5 points' direction of ``b``."""
-    tb = b.points_mm[min(5, len(b.points_mm) - 1)] - b.points_mm[0]
-    return float(t @ tb) / max(float(np.linalg.norm(t) * np.linalg.norm(tb)), 1e-9)
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of the angle between two vectors."""
+    return float(a @ b) / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-9)
+
+
+def _start_dir(pts: np.ndarray) -> np.ndarray:
+    """Direction of a polyline over its first ~5 points (junction points are noisy)."""
+    return pts[min(5, len(pts) - 1)] - pts[0]
 
 
 def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
@@ -523,19 +522,14 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             # attached at the parent's end: if it continues the parent's direction (< 50 degrees)
             # and nothing else leaves there yet, it is the same vessel beyond a junction
             t_par = pp[-1] - pp[max(0, len(pp) - 6)]  # over ~5 points: junction points are noisy
-            t_new = pj[min(5, len(pj) - 1)] - pj[0]
-            cosang = float(t_par @ t_new) / max(np.linalg.norm(t_par) * np.linalg.norm(t_new), 1e-9)
+            cosang = _cos(t_par, _start_dir(pj))
             # the continuation is the best-aligned vessel leaving the end, whichever comes first,
             # and clearly so: at a bifurcation (two children leaving alike) the parent ends
-            others = [_cos_to(t_par, b) for b in out if b.parent == lab and b.parent_index >= len(pp) - 2]
-            for j2 in remaining:
-                p2 = polys[j2][0]
-                for e2 in (0, -1):
-                    if np.linalg.norm(p2[e2] - pp[-1]) <= reach(j2, e2):
-                        q2 = p2 if e2 == 0 else p2[::-1]
-                        t2 = q2[min(5, len(q2) - 1)] - q2[0]
-                        others.append(float(t_par @ t2) / max(float(np.linalg.norm(t_par) * np.linalg.norm(t2)),
-                                                              1e-9))
+            others = [_cos(t_par, _start_dir(b.points_mm)) for b in out
+                      if b.parent == lab and b.parent_index >= len(pp) - 2]
+            others += [_cos(t_par, _start_dir(polys[j2][0] if e2 == 0 else polys[j2][0][::-1]))
+                       for j2 in remaining for e2 in (0, -1)
+                       if np.linalg.norm(polys[j2][0][e2] - pp[-1]) <= reach(j2, e2)]
             clear = all(cosang > c2 + 0.1 for c2 in others)
             same_calibre = float(np.median(rj[:12])) >= 0.7 * float(np.median(parent.radii_mm[-12:]))
             if cosang > np.cos(np.radians(50)) and clear and same_calibre:
@@ -550,7 +544,7 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
             # the junction points were left out: the branch leaves its parent where its own
             # direction, followed back, meets the parent's centerline (not at the parent point
             # nearest to its first kept point, which cuts the corner)
-            back = pj[0] - pj[min(5, len(pj) - 1)]
+            back = -_start_dir(pj)
             nb_ = float(np.linalg.norm(back))
             if nb_ > 1e-9:
                 back /= nb_
