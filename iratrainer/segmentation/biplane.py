@@ -147,15 +147,13 @@ def reconstruct_biplane(tree_a: VesselTree, run_a: Run2D, tree_b: VesselTree, ru
                 r3b = RB[idx] * np.linalg.norm(X - sb_, axis=1) / pb.sod_mm
                 # one candidate per crossing: B points along the line cluster; keep each cluster's
                 # best (the gap, then the radius agreement)
-                rcost = ((r3a - r3b) / (0.35 * np.maximum(r3a, 0.3))) ** 2
-                order = np.argsort((gap / 0.5) ** 2 + rcost)
+                score = (gap / 0.5) ** 2 + ((r3a - r3b) / (0.35 * np.maximum(r3a, 0.3))) ** 2
                 taken: list[np.ndarray] = []
-                for k in order:
+                for k in np.argsort(score):
                     if any(np.linalg.norm(X[k] - t) < 2.0 * max(r3a[k], 0.5) for t in taken):
                         continue
                     taken.append(X[k])
-                    cost = (gap[k] / 0.5) ** 2 + ((r3a[k] - r3b[k]) / (0.35 * max(r3a[k], 0.3))) ** 2
-                    lst.append((X[k], float(cost), float(0.5 * (r3a[k] + r3b[k])), int(BB[idx[k]]),
+                    lst.append((X[k], float(score[k]), float(0.5 * (r3a[k] + r3b[k])), int(BB[idx[k]]),
                                 int(BI[idx[k]])))
                     if len(lst) >= 12:
                         break
@@ -163,9 +161,10 @@ def reconstruct_biplane(tree_a: VesselTree, run_a: Run2D, tree_b: VesselTree, ru
         pts, rads, ok = _viterbi(cands, uv, pa, float(run_a.pixel_mm), start=start)
         full = np.where(ok[:, None], pts, np.nan)
         recon[b.label] = full
-        if ok.sum() >= 2:
-            gaps_all.extend(float(g) for g in _closest(sa_[None, :], da[ok], sb_[None, :],
-                                                        _rays(pb, pb.project(pts[ok])[0]))[1])
+        if ok.any():  # a triangulated midpoint lies half the gap off each ray
+            rel = pts[ok] - sa_
+            off = rel - np.sum(rel * da[ok], axis=1, keepdims=True) * da[ok]
+            gaps_all.extend((2.0 * np.linalg.norm(off, axis=1)).tolist())
         new_branches.append(_fill(pts, rads, ok, da, sa_, r_iso, pa))
     # keep A's structure: children start at their parent's (reconstructed) point
     out: list[Branch] = []
