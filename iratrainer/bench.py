@@ -124,7 +124,8 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
                 "unit": "frames/s",
                 "workload": (f"one {size}x{size} {plane.name} fluoroscopy pulse of the full atlas: iodine in "
                              "the left carotid territory (union of tubes), 4-device stroke stack (4x4 rays/px), "
-                             "cached phantom background, Poisson noise, blur, recursive filter; one thread"),
+                             "cached phantom background, Poisson noise, blur, recursive filter; line integrals on one "
+                             "thread, the detector (noise, blur, log) compiled on every core"),
                 "repeats": repeats,
             }
     try:
@@ -143,7 +144,7 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
             "value": round(fps, 2),
             "unit": "frames/s",
             "workload": (f"as render.numpy_{size}_fps, line integrals in GLSL on {where}; "
-                         "noise, blur and log still on the CPU"),
+                         "noise, blur and log on the CPU (compiled, every core)"),
             "repeats": repeats,
         }
     chains = [PlaneChain(p(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)

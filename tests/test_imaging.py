@@ -367,3 +367,63 @@ def test_ct_background_matches_beer_lambert_through_a_water_sphere():
     assert centre_px == pytest.approx(mu_w * 2 * radius, rel=0.02)
     assert L[0, 0] == 0.0 or L[0, 0] < 0.05 * centre_px  # outside the sphere: air
     assert float(hu_to_mu(np.array([1900.0]), e)[0]) > 2.5 * mu_w  # bone attenuates more
+
+
+def test_detector_blur_is_scipys_gaussian_and_noise_is_poisson_at_low_counts():
+    """The compiled detector: blur equals scipy's Gaussian (nearest edges); exact Poisson below 25 quanta."""
+    from scipy.ndimage import gaussian_filter
+
+    from iratrainer.imaging.detector import detect
+
+    rng = np.random.default_rng(3)
+    L = rng.uniform(0.0, 2.0, (64, 64))
+    n0 = 1000.0
+    lhat = detect(L, np.ones_like(L), n0, np.ones_like(L), 0.8, None)
+    want = -np.log(np.maximum(gaussian_filter(n0 * np.exp(-L), 0.8, mode="nearest"), 0.5) / n0)
+    np.testing.assert_allclose(lhat, want, rtol=1e-12, atol=1e-12)
+    # λ = 3 quanta: mean 3, variance 3, P(N = 0) = e^-3 (a normal approximation would fail all three)
+    lam = 3.0
+    L = np.full((256, 256), np.log(n0 / lam))
+    counts = np.concatenate([
+        n0 * np.exp(-detect(L, np.ones_like(L), n0, np.ones_like(L), 0.0, s)).ravel() for s in range(4)])
+    counts[counts < 0.75] = 0.0  # max(N, 0.5) in the log image: 0.5 back to 0
+    counts = np.rint(counts)
+    assert counts.mean() == pytest.approx(lam, rel=0.01)
+    assert counts.var() == pytest.approx(lam, rel=0.02)
+    assert np.mean(counts == 0) == pytest.approx(np.exp(-lam), rel=0.03)
+    assert np.all(counts == np.round(counts))
+
+
+def test_detector_noise_does_not_depend_on_the_thread_count():
+    import numba
+
+    from iratrainer.imaging.detector import detect
+
+    L = np.random.default_rng(1).uniform(0.0, 4.0, (97, 131))
+    g = np.ones_like(L)
+    a = detect(L, g, 200.0, g, 0.6, 12345)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        b = detect(L, g, 200.0, g, 0.6, 12345)
+    finally:
+        numba.set_num_threads(before)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, detect(L, g, 200.0, g, 0.6, 12346))
+
+
+def test_gl_vessel_union_matches_the_cpu_with_many_overlaps_and_unequal_mu(gl_renderer):
+    """Rays through 3 to ~10 overlapping capsules of different μ take the shader's sweep path."""
+    p = small_plane(matrix=128)
+    rng = np.random.default_rng(11)
+    # a knot of short capsules near the isocentre, at every angle, unequal μ
+    c = rng.normal(0.0, 3.0, (60, 3))
+    d = rng.normal(size=(60, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    a, b = c - 4.0 * d, c + 4.0 * d
+    r = rng.uniform(0.8, 2.5, 60)
+    mu = rng.uniform(0.01, 0.05, 60)
+    cpu = capsule_union_integrals(p, a, b, r, mu)
+    gl = gl_renderer._capsules(p, a, b, r, mu, np.ones(60), True)
+    assert cpu.max() > 0.2
+    np.testing.assert_allclose(gl, cpu, atol=2e-4 * cpu.max())

@@ -7,7 +7,7 @@ The same equations as the CPU reference (:mod:`iratrainer.imaging.raycast`), in 
   path counts once with the largest μ where capsules overlap;
 * devices: flat-ended cylinders summed, k x k rays per pixel for thin tubes.
 
-Candidate capsules are binned on the CPU into 16 x 16-pixel tiles (from the same
+Candidate capsules are binned on the CPU into 8 x 8-pixel tiles (from the same
 projected bounding boxes as the CPU path) and handed to the fragment shader as integer
 textures; each fragment loops over its tile's list. Image formation (noise, blur, log)
 is shared with the CPU path. :func:`make_gl_renderer` falls back to the CPU renderer,
@@ -31,7 +31,7 @@ from iratrainer.imaging.xray import linear_attenuation_per_mm
 
 __all__ = ["GlRenderer", "GlUnavailable", "make_gl_renderer"]
 
-TILE = 16
+TILE = 8  # pixels, a power of two
 MAX_INTERVALS = 48
 
 _VERT = """
@@ -80,11 +80,10 @@ void main() {
 """
 
 _CAPSULES = _COMMON + """
-uniform sampler2D seg;   // S x 3 texels: a+r, b+mu, (k, 0, 0, 0)
+uniform sampler2D seg;   // S x 4 texels: a+r, b+mu, (k, reach px, 0, 0), projected a and b (col, row)
 uniform isampler2D tiles;   // tile start/count (x, y)
 uniform isampler2D lists;   // capsule indices, width 4096
 uniform int tiles_x;
-uniform int union_mode;     // 1: union with max mu (vessels); 0: sum of flat cylinders (devices)
 
 bool sphere(vec3 o, vec3 d, vec3 c, float r, out float t0, out float t1) {
     vec3 q = o - c; float b = dot(q, d); float cc = dot(q, q) - r * r; float h = b * b - cc;
@@ -152,70 +151,112 @@ float cylinder(vec3 o0, vec3 d, vec3 a, vec3 b, float r) {
     return t1 > t0 ? t1 - t0 : 0.0;
 }
 
+// 2-D early out: the pixel is farther from the projected axis than the projected radius
+// (plus the bounding-box margin), so no ray of this pixel meets the capsule
+bool misses(int s, vec2 pix) {
+    vec4 P = texelFetch(seg, ivec2(s, 3), 0);
+    float reach = texelFetch(seg, ivec2(s, 2), 0).y;
+    vec2 ab = P.zw - P.xy; vec2 ap = pix - P.xy;
+    float l2 = dot(ab, ab);
+    float h = l2 > 0.0 ? clamp(dot(ap, ab) / l2, 0.0, 1.0) : 0.0;
+    vec2 q = ap - h * ab;
+    return dot(q, q) > reach * reach;
+}
+
+"""
+
+_TILE_LIST = """
+// the tile's candidate list: start and count (tiles of TILE x TILE pixels, TILE = 2^SHIFT)
+ivec2 tile_list(int col, int row) {
+    int t = (col >> SHIFT) + (row >> SHIFT) * tiles_x;
+    return texelFetch(tiles, ivec2(t & 4095, t >> 12), 0).xy;
+}
+int candidate(int idx) { return texelFetch(lists, ivec2(idx & 4095, idx >> 12), 0).x; }
+""".replace("SHIFT", str(TILE.bit_length() - 1))
+
+_DEVICES = _CAPSULES + _TILE_LIST + """
 void main() {
     int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
-    ivec2 tc = texelFetch(tiles, ivec2(col / 16 + (row / 16) * tiles_x, 0), 0).xy;
-    int start = tc.x; int count = tc.y;
-    if (count == 0) { result = 0.0; return; }
-    if (union_mode == 0) {
-        float acc = 0.0;
-        for (int i = 0; i < count; ++i) {
-            int idx = start + i;
-            int s = texelFetch(lists, ivec2(idx % 4096, idx / 4096), 0).x;
-            vec4 A = texelFetch(seg, ivec2(s, 0), 0);
-            vec4 B = texelFetch(seg, ivec2(s, 1), 0);
-            int k = int(texelFetch(seg, ivec2(s, 2), 0).x);
-            float sub = 0.0;
-            for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
-                vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
-                                 float(row) + (float(si) + 0.5) / float(k));
-                sub += cylinder(src, d, A.xyz, B.xyz, A.w);
-            }
-            acc += B.w * sub / float(k * k);
-        }
-        result = acc;
-        return;
-    }
-    vec3 d = ray_dir(float(col) + 0.5, float(row) + 0.5);
-    float ti[48]; float to[48]; float mu[48];
-    int m = 0;
-    for (int i = 0; i < count && m < 48; ++i) {
-        int idx = start + i;
-        int s = texelFetch(lists, ivec2(idx % 4096, idx / 4096), 0).x;
+    vec2 pix = gl_FragCoord.xy;
+    ivec2 tc = tile_list(col, row);
+    float acc = 0.0;
+    for (int i = 0; i < tc.y; ++i) {
+        int s = candidate(tc.x + i);
+        if (misses(s, pix)) continue;
         vec4 A = texelFetch(seg, ivec2(s, 0), 0);
         vec4 B = texelFetch(seg, ivec2(s, 1), 0);
-        float t0, t1;
-        if (capsule(src, d, A.xyz, B.xyz, A.w, t0, t1)) { ti[m] = t0; to[m] = t1; mu[m] = B.w; ++m; }
-    }
-    if (m == 0) { result = 0.0; return; }
-    if (m == 1) { result = mu[0] * (to[0] - ti[0]); return; }
-    // union with the largest mu: sweep over sorted entry points, merging overlaps
-    for (int i = 1; i < m; ++i) {   // insertion sort by entry
-        float a0 = ti[i]; float a1 = to[i]; float am = mu[i]; int j = i - 1;
-        while (j >= 0 && ti[j] > a0) { ti[j + 1] = ti[j]; to[j + 1] = to[j]; mu[j + 1] = mu[j]; --j; }
-        ti[j + 1] = a0; to[j + 1] = a1; mu[j + 1] = am;
-    }
-    float acc = 0.0;
-    float ev[96]; int ne = 0;
-    for (int i = 0; i < m; ++i) { ev[ne++] = ti[i]; ev[ne++] = to[i]; }
-    for (int i = 1; i < ne; ++i) {
-        float v = ev[i]; int j = i - 1;
-        while (j >= 0 && ev[j] > v) { ev[j + 1] = ev[j]; --j; }
-        ev[j + 1] = v;
-    }
-    for (int e = 0; e < ne - 1; ++e) {
-        float lo = ev[e]; float hi = ev[e + 1];
-        if (hi <= lo) continue;
-        float mid = 0.5 * (lo + hi); float best = 0.0; bool inside = false;
-        for (int j = 0; j < m; ++j) {
-            if (ti[j] > mid) break;
-            if (mid <= to[j]) { if (!inside || mu[j] > best) best = mu[j]; inside = true; }
+        int k = int(texelFetch(seg, ivec2(s, 2), 0).x);
+        float sub = 0.0;
+        for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
+            vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
+                             float(row) + (float(si) + 0.5) / float(k));
+            sub += cylinder(src, d, A.xyz, B.xyz, A.w);
         }
-        if (inside) acc += best * (hi - lo);
+        acc += B.w * sub / float(k * k);
     }
     result = acc;
 }
 """
+
+_VESSELS = _CAPSULES + _TILE_LIST + """
+// candidate i of the tile: its entry and exit along ray d, and its mu
+bool hit(int i, vec2 pix, vec3 d, out float t0, out float t1, out float w) {
+    int s = candidate(i);
+    if (misses(s, pix)) return false;
+    vec4 A = texelFetch(seg, ivec2(s, 0), 0);
+    vec4 B = texelFetch(seg, ivec2(s, 1), 0);
+    w = B.w;
+    return capsule(src, d, A.xyz, B.xyz, A.w, t0, t1);
+}
+
+void main() {
+    int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
+    vec2 pix = gl_FragCoord.xy;
+    ivec2 tc = tile_list(col, row);
+    vec3 d = ray_dir(float(col) + 0.5, float(row) + 0.5);
+    // The first two hits live in registers: merging overlapping hits of equal mu is exact,
+    // and then almost every ray meets at most two intervals. No local arrays: on a
+    // software rasterizer they cost every fragment, used or not.
+    float a0 = 0.0, a1 = 0.0, am = 0.0, b0 = 0.0, b1 = 0.0, bm = 0.0;
+    int m = 0;
+    for (int i = 0; i < tc.y; ++i) {
+        float t0, t1, w;
+        if (!hit(tc.x + i, pix, d, t0, t1, w)) continue;
+        if (m == 0) { a0 = t0; a1 = t1; am = w; m = 1; }
+        else if (m <= 2 && w == am && t0 <= a1 && t1 >= a0) { a0 = min(a0, t0); a1 = max(a1, t1); }
+        else if (m == 1) { b0 = t0; b1 = t1; bm = w; m = 2; }
+        else if (m == 2 && w == bm && t0 <= b1 && t1 >= b0) { b0 = min(b0, t0); b1 = max(b1, t1); }
+        else { m = 3; break; }
+    }
+    if (m == 0) { result = 0.0; return; }
+    if (m == 1) { result = am * (a1 - a0); return; }
+    if (m == 2) {   // two intervals: the overlap counts once, with the larger mu
+        float ov = max(0.0, min(a1, b1) - max(a0, b0));
+        result = am * (a1 - a0) + bm * (b1 - b0) - min(am, bm) * ov;
+        return;
+    }
+    // Three or more: sweep the sorted end points without storing them. Each pass over
+    // the candidates finds the next end point after t and the largest mu covering the
+    // middle of the previous piece [tp, t].
+    float acc = 0.0;
+    float tp = -1e30; float t = -1e30;
+    for (int it = 0; it < 2 * MAXI + 1; ++it) {
+        float nxt = 1e30; float best = 0.0; bool inside = false;
+        float mid = 0.5 * (tp + t);
+        for (int i = 0; i < tc.y; ++i) {
+            float t0, t1, w;
+            if (!hit(tc.x + i, pix, d, t0, t1, w)) continue;
+            if (t0 > t) nxt = min(nxt, t0);
+            if (t1 > t) nxt = min(nxt, t1);
+            if (it > 1 && t0 <= mid && mid <= t1) { best = inside ? max(best, w) : w; inside = true; }
+        }
+        if (inside) acc += best * (t - tp);
+        if (nxt >= 1e30) break;
+        tp = t; t = nxt;
+    }
+    result = acc;
+}
+""".replace("MAXI", str(MAX_INTERVALS))
 
 
 class GlUnavailable(RuntimeError):
@@ -273,7 +314,8 @@ class GlRenderer(CpuRenderer):
         GL = self.ctx.GL
         self._vao = GL.glGenVertexArrays(1)
         self._prog_ell = self._program(_ELLIPSOIDS)
-        self._prog_cap = self._program(_CAPSULES)
+        self._prog_ves = self._program(_VESSELS)
+        self._prog_dev = self._program(_DEVICES)
         self._fbo = GL.glGenFramebuffers(1)
         self._targets: dict[int, Any] = {}
 
@@ -387,20 +429,27 @@ class GlRenderer(CpuRenderer):
         pt, ps = pt[order], ps[order]
         counts = np.bincount(pt, minlength=tx * tx)
         starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        tiles_tex = np.stack([starts, counts], axis=1).astype(np.int32).reshape(1, -1, 2)
         width = 4096
+        nt = len(counts)
+        tiles_tex = np.zeros((((nt + width - 1) // width) * width, 2), np.int32)
+        tiles_tex[:nt, 0], tiles_tex[:nt, 1] = starts, counts
+        tiles_tex = tiles_tex.reshape(-1, width, 2)
         lst = np.zeros(((len(ps) + width - 1) // width) * width, np.int32)
         lst[:len(ps)] = ps
-        seg = np.zeros((3, len(a), 4), np.float32)
+        pa, za = plane.project(a)
+        pb, zb = plane.project(b)
+        zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
+        seg = np.zeros((4, len(a), 4), np.float32)
         seg[0, :, :3], seg[0, :, 3] = a, r
         seg[1, :, :3], seg[1, :, 3] = b, mu
         seg[2, :, 0] = ks
+        seg[2, :, 1] = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5  # as the bounding boxes
+        seg[3, :, :2], seg[3, :, 2:] = pa, pb
         t_seg = self._texture(seg, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
         t_tiles = self._texture(tiles_tex, GL.GL_RG32I, GL.GL_RG_INTEGER, GL.GL_INT)
         t_list = self._texture(lst.reshape(-1, width), GL.GL_R32I, GL.GL_RED_INTEGER, GL.GL_INT)
-        return self._draw(self._prog_cap, plane, [("seg", t_seg, True), ("tiles", t_tiles, True),
-                                                  ("lists", t_list, True)],
-                          {"tiles_x": tx, "union_mode": int(union)})
+        textures = [("seg", t_seg, True), ("tiles", t_tiles, True), ("lists", t_list, True)]
+        return self._draw(self._prog_ves if union else self._prog_dev, plane, textures, {"tiles_x": tx})
 
     def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Iodine through the union of the vessel capsules, in GLSL (blobs: the shared CPU path)."""

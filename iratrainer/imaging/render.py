@@ -9,8 +9,9 @@ For every detector pixel, with ``L`` the line integral of linear attenuation alo
 2. Beer-Lambert: expected detected quanta ``N = N0 · g(r) · exp(-L)``, where ``N0`` is
    the unattenuated count per pixel from the technique (air kerma at the detector ×
    photons per µGy × pixel area × DQE) and ``g(r) = 1 - k·r²`` the vignetting.
-3. Quantum noise: ``N ~ Poisson`` (seeded generator owned by the caller), then detector
-   blur (Gaussian, σ in pixels).
+3. Quantum noise: ``N ~ Poisson`` (counter-based draws seeded from the caller's
+   generator, :mod:`iratrainer.imaging.detector`), then detector blur (Gaussian, σ in
+   pixels).
 4. Log image: ``Lhat = -ln(N / N0)``, the estimated line integral (vignetting included,
    as on an uncorrected image intensifier).
 
@@ -22,8 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
 
+from iratrainer.imaging.detector import detect
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.raycast import capsule_union_integrals, ellipsoid_integrals, tube_sum_integrals
 from iratrainer.imaging.scene import DeviceShape, Scene
@@ -190,19 +191,9 @@ def form_image(
     """
     n0 = unattenuated_counts(plane, technique)
     g = 1.0 - options.vignetting * plane.radius_fraction_sq()
-    expected = n0 * g * np.exp(-L)
+    seed = None
     if options.noise:
         if rng is None:
             raise ValueError("noise needs the caller's random generator")
-        # Poisson; where the mean exceeds 25 quanta its normal approximation N(λ, λ)
-        # (indistinguishable at that count, and 3x faster), exact Poisson below.
-        counts = expected + np.sqrt(expected) * rng.standard_normal(expected.shape)
-        low = expected < 25.0
-        if np.any(low):
-            counts[low] = rng.poisson(expected[low])
-    else:
-        counts = expected
-    if options.blur_px > 0:
-        counts = gaussian_filter(counts, options.blur_px, mode="nearest")
-    lhat = -np.log(np.maximum(counts, 0.5) / n0)
-    return lhat * plane.field_mask()
+        seed = int(rng.integers(0, 2**63))  # the frame's noise seed (counter-based draws per pixel)
+    return detect(L, g, n0, plane.field_mask(), options.blur_px, seed)
