@@ -96,6 +96,19 @@ class DeviceSpec:
         """Torsional stiffness GJ (N·mm²) at ``sigma_mm`` from the tip (same profile as EI)."""
         return self.ei_at(sigma_mm) * (self.torsional_stiffness_n_mm2 / self.bending_stiffness_n_mm2)
 
+    def ei_scalar(self, sigma_mm: float) -> float:
+        """:meth:`ei_at` for one position, in plain floats (the per-step hot path)."""
+        f = min(max((sigma_mm - self.soft_length_mm) / max(self.transition_mm, 1e-9), 0.0), 1.0)
+        return self.bending_stiffness_n_mm2 * (self.soft_ratio + (1.0 - self.soft_ratio) * f)
+
+    def rest_curvature_scalar(self, sigma_mm: float) -> float:
+        """:meth:`rest_curvature` for one position, in plain floats."""
+        k = 0.0
+        for c in self.curves:
+            if c.start_mm <= sigma_mm < c.start_mm + c.length_mm:
+                k += math.radians(c.angle_deg) / c.length_mm
+        return k
+
     def rest_curvature(self, sigma_mm: np.ndarray | float) -> np.ndarray:
         """Signed rest curvature (1/mm) in the shape plane at ``sigma_mm`` from the tip."""
         s = np.asarray(sigma_mm, dtype=np.float64)

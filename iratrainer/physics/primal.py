@@ -21,9 +21,6 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from iratrainer.physics.chain import _banded_cholesky_solve
-from iratrainer.physics.solver import _bend_jacobians, curvature_binormal
-
 __all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND"]
 
 PRIMAL_HALF_BAND = 8
@@ -40,6 +37,74 @@ def _add_block(H, i, j, B, bw, scale):  # pragma: no cover - numba
                 H[r, c - r + bw] += scale * B[a, b]
 
 
+@nb.njit(cache=True, inline="always", error_model="numpy")
+def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
+    """κb of the edges (e1 incoming, e2 outgoing) into ``kb`` and its Jacobians ∂κb/∂e1, ∂κb/∂e2.
+
+    ``κb = 2 (e1 × e2) / (|e1||e2| + e1·e2)``; no allocation (this runs for every node of
+    every device at every iteration).
+    """
+    n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
+    n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
+    D = n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2]
+    D = max(D, 1e-9 * n1 * n2 + 1e-300)  # a full fold has no finite κb
+    kb[0] = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
+    kb[1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
+    kb[2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
+    n1 = max(n1, 1e-12)
+    n2 = max(n2, 1e-12)
+    r12 = n2 / n1
+    r21 = n1 / n2
+    inv = 1.0 / D
+    for a in range(3):
+        for b in range(3):
+            g1 = r12 * e1[b] + e2[b]
+            g2 = r21 * e2[b] + e1[b]
+            J1[a, b] = -kb[a] * g1 * inv
+            J2[a, b] = -kb[a] * g2 * inv
+    # -2[e2]x / D and 2[e1]x / D (skew matrices of the cross products)
+    J1[0, 1] += 2.0 * e2[2] * inv
+    J1[0, 2] -= 2.0 * e2[1] * inv
+    J1[1, 0] -= 2.0 * e2[2] * inv
+    J1[1, 2] += 2.0 * e2[0] * inv
+    J1[2, 0] += 2.0 * e2[1] * inv
+    J1[2, 1] -= 2.0 * e2[0] * inv
+    J2[0, 1] -= 2.0 * e1[2] * inv
+    J2[0, 2] += 2.0 * e1[1] * inv
+    J2[1, 0] += 2.0 * e1[2] * inv
+    J2[1, 2] -= 2.0 * e1[0] * inv
+    J2[2, 0] -= 2.0 * e1[1] * inv
+    J2[2, 1] += 2.0 * e1[0] * inv
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _cholesky_band_solve(A, b, n, bw, L):  # pragma: no cover - numba
+    """Solve A y = b in place on ``b``; A SPD in band storage A[i, j - i + bw]; ``L`` is scratch."""
+    for i in range(n):
+        j0 = max(0, i - bw)
+        for j in range(j0, i + 1):
+            s = A[i, j - i + bw]
+            k0 = max(j0, j - bw)
+            for k in range(k0, j):
+                s -= L[i, k - i + bw] * L[j, k - j + bw]
+            if i == j:
+                # a row dependent on earlier ones leaves a tiny pivot: give it a large one
+                d = A[i, bw]
+                L[i, bw] = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
+            else:
+                L[i, j - i + bw] = s / L[j, bw]
+    for i in range(n):
+        s = b[i]
+        for k in range(max(0, i - bw), i):
+            s -= L[i, k - i + bw] * b[k]
+        b[i] = s / L[i, bw]
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for k in range(i + 1, min(n, i + bw + 1)):
+            s -= L[k, i - k + bw] * b[k]
+        b[i] = s / L[i, bw]
+
+
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force):  # pragma: no cover - numba
@@ -54,7 +119,9 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     bw = PRIMAL_HALF_BAND
     inv_dt2 = 1.0 / (dt * dt)
     H = np.zeros((n, 2 * bw + 1))
+    Lf = np.zeros((n, 2 * bw + 1))
     g = np.zeros(n)
+    kb = np.empty(3)
     J1 = np.empty((3, 3))
     J2 = np.empty((3, 3))
     e1 = np.empty(3)
@@ -85,10 +152,12 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 continue
             u0, u1, u2 = dx / L, dy / L, dz / L
             C = L - rest[k]
-            uu = np.array([[u0 * u0, u0 * u1, u0 * u2], [u1 * u0, u1 * u1, u1 * u2], [u2 * u0, u2 * u1, u2 * u2]])
-            _add_block(H, k, k, uu, bw, ks)
-            _add_block(H, k + 1, k + 1, uu, bw, ks)
-            _add_block(H, k, k + 1, uu, bw, -ks)
+            B[0, 0], B[0, 1], B[0, 2] = u0 * u0, u0 * u1, u0 * u2
+            B[1, 0], B[1, 1], B[1, 2] = u1 * u0, u1 * u1, u1 * u2
+            B[2, 0], B[2, 1], B[2, 2] = u2 * u0, u2 * u1, u2 * u2
+            _add_block(H, k, k, B, bw, ks)
+            _add_block(H, k + 1, k + 1, B, bw, ks)
+            _add_block(H, k, k + 1, B, bw, -ks)
             g[3 * k] -= ks * C * u0
             g[3 * k + 1] -= ks * C * u1
             g[3 * k + 2] -= ks * C * u2
@@ -100,18 +169,16 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             for a in range(3):
                 e1[a] = x[c, a] - x[c + 1, a]
                 e2[a] = x[c - 1, a] - x[c, a]
-            kb = curvature_binormal(e1, e2)
-            _bend_jacobians(e1, e2, kb, J1, J2)
+            _bend_terms(e1, e2, kb, J1, J2)
             kbend = 1.0 / b_alpha[c]
             for q in range(3):
                 for a in range(3):
                     G[q, 0, a] = -J1[q, a]
                     G[q, 1, a] = J1[q, a] - J2[q, a]
                     G[q, 2, a] = J2[q, a]
-            nodes = (c + 1, c, c - 1)
             for p in range(3):
                 for s in range(3):
-                    ni, nj = nodes[p], nodes[s]
+                    ni, nj = c + 1 - p, c + 1 - s  # nodes (c+1, c, c-1)
                     if nj < ni:
                         continue
                     for a in range(3):
@@ -125,7 +192,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             for q in range(3):
                 Cq = kb[q] - b_rest[c, q]
                 for p in range(3):
-                    ni = nodes[p]
+                    ni = c + 1 - p
                     for a in range(3):
                         g[3 * ni + a] += kbend * Cq * G[q, p, a]
         # wall contact (one-sided penalty)
@@ -158,7 +225,8 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 H[c2, r - c2 + bw] = H[r, c2 - r + bw]
         for r in range(n):
             g[r] = -g[r]
-        dx = _banded_cholesky_solve(H, g, n, bw)
+        _cholesky_band_solve(H, g, n, bw, Lf)
+        dx = g
         big = 0.0
         for k in range(N):
             mm = np.sqrt(dx[3 * k] ** 2 + dx[3 * k + 1] ** 2 + dx[3 * k + 2] ** 2)

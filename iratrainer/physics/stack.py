@@ -149,6 +149,39 @@ def _frames_kernel(x, t0, u0, theta):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _rest_kb(tn, nrm, mag):  # pragma: no cover - numba
+    """Rest κb = 2 tan(φ/2) (t × n) at every node; zero at the tip and the outer kinematic node."""
+    N = tn.shape[0]
+    kb = np.empty((N, 3))
+    for k in range(N):
+        kb[k, 0] = mag[k] * (tn[k, 1] * nrm[k, 2] - tn[k, 2] * nrm[k, 1])
+        kb[k, 1] = mag[k] * (tn[k, 2] * nrm[k, 0] - tn[k, 0] * nrm[k, 2])
+        kb[k, 2] = mag[k] * (tn[k, 0] * nrm[k, 1] - tn[k, 1] * nrm[k, 0])
+    kb[0, :] = 0.0
+    kb[N - 1, :] = 0.0
+    return kb
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
+    """Coupling torque of the shaped tip on the twist: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α."""
+    N = x.shape[0]
+    tau = np.zeros(N)
+    for c in range(1, N - 1):
+        e1 = x[c] - x[c + 1]
+        e2 = x[c - 1] - x[c]
+        n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
+        n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
+        D = max(n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2], 1e-9 * n1 * n2 + 1e-300)
+        k0 = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
+        k1 = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
+        k2 = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
+        tau[c] = -((k0 - kb[c, 0]) * nrm[c, 0] + (k1 - kb[c, 1]) * nrm[c, 1]
+                   + (k2 - kb[c, 2]) * nrm[c, 2]) * mag[c] / alpha[c]
+    return tau
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _curvatures(x):  # pragma: no cover - numba
     N = x.shape[0]
     out = np.zeros((N, 3))
@@ -162,6 +195,59 @@ def _curvatures(x):  # pragma: no cover - numba
         out[c, 1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
         out[c, 2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
     return out
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt, max_step,
+                   mu):  # pragma: no cover - numba
+    """One device's solve with its wall: planes, Gauss-Newton, Coulomb friction, restoration.
+
+    Every free node carries its wall plane (inactive unless violated), so a node that moves
+    far in one step (a whip) cannot cross the wall unconstrained. After the solve, friction
+    (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
+    wall measured from the start of the step ``x0``; one more pass restores the
+    constraints. Returns the wall force per node (N).
+    """
+    N = x.shape[0]
+    n = np.empty((N, 3))
+    plane_d = np.empty(N)
+    near = np.ones(N, dtype=np.bool_)
+    near[N - 2:] = False
+    w = np.full(N, 1.0 / mass)
+    w[N - 2:] = 0.0
+    for k in range(N):
+        d0 = x[k, 0] - closest[k, 0]
+        d1 = x[k, 1] - closest[k, 1]
+        d2 = x[k, 2] - closest[k, 2]
+        inv = 1.0 / max(np.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-9)
+        n[k, 0], n[k, 1], n[k, 2] = d0 * inv, d1 * inv, d2 * inv
+        plane_d[k] = (n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2]
+                      + max(R[k] - r_dev, 0.05))
+    force = np.zeros(N)
+    solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
+                       force)
+    # friction against the start of the step
+    for k in range(N - 2):
+        if force[k] == 0.0:
+            continue
+        lc = force[k] * dt * dt
+        t0 = x[k, 0] - x0[k, 0]
+        t1 = x[k, 1] - x0[k, 1]
+        t2 = x[k, 2] - x0[k, 2]
+        dn = t0 * n[k, 0] + t1 * n[k, 1] + t2 * n[k, 2]
+        t0 -= dn * n[k, 0]
+        t1 -= dn * n[k, 1]
+        t2 -= dn * n[k, 2]
+        tl = np.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
+        lim = mu * lc / mass
+        f = 1.0 if tl <= lim else lim / max(tl, 1e-15)
+        x[k, 0] -= f * t0
+        x[k, 1] -= f * t1
+        x[k, 2] -= f * t2
+    # friction moved nodes along the wall: restore the constraints (one more pass)
+    solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
+                       np.zeros(N))
+    return force
 
 
 class Rod:
@@ -276,23 +362,40 @@ class Rod:
         cu /= np.linalg.norm(cu)
         return _frames_kernel(self.x, self.access_dir, cu, self.theta)
 
+    def _profiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Bending compliance h/EI (N,), rest turning 2 tan(φ/2) (N,) and GJ/h per edge (N-1,).
+
+        The material nodes' values depend only on their σ, which changes only when a node is
+        added or removed: they are cached; the two nodes at the sheath follow the hub.
+        """
+        K = self.n_material
+        key = (K, self.inserted_mm)
+        if getattr(self, "_prof_key", None) == key:
+            return self._prof_last
+        if getattr(self, "_prof_k", -1) != K:
+            sig = self.sigma
+            self._prof_alpha = self.h / self.spec.ei_at(sig)
+            self._prof_mag = 2.0 * np.tan(0.5 * self.spec.rest_curvature(sig) * self.h)
+            self._prof_gj = self.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / self.h
+            self._prof_k = K
+        spec, h = self.spec, self.h
+        gj_ratio = spec.torsional_stiffness_n_mm2 / spec.bending_stiffness_n_mm2
+        tail = (self.inserted_mm, self.inserted_mm + h)
+        alpha = np.concatenate([self._prof_alpha, [h / spec.ei_scalar(s) for s in tail]])
+        mag = np.concatenate([self._prof_mag, [2.0 * math.tan(0.5 * spec.rest_curvature_scalar(s) * h)
+                                               for s in tail]])
+        mids = (0.5 * (self.sigma[-1] + tail[0]), 0.5 * (tail[0] + tail[1]))
+        gj = np.concatenate([self._prof_gj, [spec.ei_scalar(m) * gj_ratio / h for m in mids]])
+        self._prof_key, self._prof_last = key, (alpha, mag, gj)
+        return alpha, mag, gj
+
     def rest_binormals(self, with_normals: bool = False) -> tuple[np.ndarray, ...]:
         """Rest κb (N,3), compliance h/EI (N,), the rest turning factor 2 tan(φ/2) (N,), and with
         ``with_normals`` the material normals (N,3) used for them (frames are transported once)."""
-        N = len(self.x)
-        sig = np.concatenate([self.sigma, [self.inserted_mm, self.inserted_mm + self.h]])
         tn, n = self.frames()
-        phi = self.spec.rest_curvature(sig) * self.h
-        mag = 2.0 * np.tan(0.5 * phi)
+        alpha, mag, _ = self._profiles()
         # frames at node c: the incoming edge is edge c (node c+1 -> c), stored at index c
-        kb = np.empty_like(tn)  # t × n, written out (np.cross is slow on small arrays)
-        kb[:, 0] = tn[:, 1] * n[:, 2] - tn[:, 2] * n[:, 1]
-        kb[:, 1] = tn[:, 2] * n[:, 0] - tn[:, 0] * n[:, 2]
-        kb[:, 2] = tn[:, 0] * n[:, 1] - tn[:, 1] * n[:, 0]
-        kb *= mag[:, None]
-        kb[0] = 0.0
-        kb[N - 1] = 0.0
-        alpha = self.h / self.spec.ei_at(sig)
+        kb = _rest_kb(tn, n, mag)
         return (kb, alpha, mag, n) if with_normals else (kb, alpha, mag)
 
 
@@ -413,54 +516,48 @@ class DeviceStack:
             N = len(rod.x)
             sl = slice(off, off + N)
             off += N
-            c = q.closest_mm[sl]
-            d = rod.x - c
-            dist = np.linalg.norm(d, axis=1)
-            n = d / np.maximum(dist, 1e-9)[:, None]
-            r_dev = rod.spec.outer_radius_mm
             R = q.radius_mm[sl]
-            # every free node carries its wall plane (inactive unless violated): a node that
-            # moves far in one step (a whip) cannot cross the wall unconstrained
-            near = np.ones(N, dtype=bool)
-            near[-2:] = False
-            plane_d = np.einsum("ij,ij->i", n, c) + np.maximum(R - r_dev, 0.05)
             kb, alpha, _ = rod.rest_binormals()
-            w = np.full(N, 1.0 / rod.mass_node)
-            w[-2:] = 0.0
             rest = rod.rest_lengths()
             if self.solver == "primal":
-                force = np.zeros(N)
-                x_pred = rod.x.copy()
-                solve_chain_primal(rod.x, x_pred, w, rest, kb, alpha, rod.stretch_compliance, near, n, plane_d,
-                                   self.wall_compliance_mm_n, self.iterations, self.dt, self.max_step_mm, force)
-                lc = -force * self.dt * self.dt
+                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, rod.spec.outer_radius_mm, kb, alpha,
+                                       rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
+                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction)
             else:
-                lam = np.zeros(ROWS_PER_NODE * N)
-                solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, self.iterations, self.dt, lam,
-                            rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
-                lc = lam[0::ROWS_PER_NODE]
-            # wall force per node (N) and friction against the start of the step
-            force = np.abs(lc) / (self.dt * self.dt)
-            mu = rod.spec.friction
-            disp = rod.x - x0[k]
-            dn = np.einsum("ij,ij->i", disp, n)
-            tang = disp - dn[:, None] * n
-            tl = np.linalg.norm(tang, axis=1)
-            lim = mu * np.abs(lc) / rod.mass_node
-            f = np.where(tl <= lim, 1.0, lim / np.maximum(tl, 1e-15))
-            f[lc == 0.0] = 0.0
-            f[-2:] = 0.0
-            rod.x -= f[:, None] * tang
-            # friction moved nodes along the wall: restore the constraints (one more pass)
-            if self.solver == "primal":
-                solve_chain_primal(rod.x, rod.x.copy(), w, rest, kb, alpha, rod.stretch_compliance, near, n,
-                                   plane_d, self.wall_compliance_mm_n, 1, self.dt, 1.0, np.zeros(N))
-            else:
-                solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, 1, self.dt, np.zeros(ROWS_PER_NODE * N),
-                            rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+                force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R, kb, alpha, rest)
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
+
+    def _contact_solve_dual(self, rod: Rod, x0: np.ndarray, c: np.ndarray, R: np.ndarray, kb: np.ndarray,
+                            alpha: np.ndarray, rest: np.ndarray) -> np.ndarray:
+        """The dual (XPBD multiplier) form of :func:`_contact_solve` (kept for comparison)."""
+        N = len(rod.x)
+        d = rod.x - c
+        dist = np.linalg.norm(d, axis=1)
+        n = d / np.maximum(dist, 1e-9)[:, None]
+        near = np.ones(N, dtype=bool)
+        near[-2:] = False
+        plane_d = np.einsum("ij,ij->i", n, c) + np.maximum(R - rod.spec.outer_radius_mm, 0.05)
+        w = np.full(N, 1.0 / rod.mass_node)
+        w[-2:] = 0.0
+        lam = np.zeros(ROWS_PER_NODE * N)
+        solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, self.iterations, self.dt, lam,
+                    rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+        lc = lam[0::ROWS_PER_NODE]
+        force = np.abs(lc) / (self.dt * self.dt)
+        disp = rod.x - x0
+        dn = np.einsum("ij,ij->i", disp, n)
+        tang = disp - dn[:, None] * n
+        tl = np.linalg.norm(tang, axis=1)
+        lim = rod.spec.friction * np.abs(lc) / rod.mass_node
+        f = np.where(tl <= lim, 1.0, lim / np.maximum(tl, 1e-15))
+        f[lc == 0.0] = 0.0
+        f[-2:] = 0.0
+        rod.x -= f[:, None] * tang
+        solve_chain(rod.x, w, rest, kb, alpha, near, n, plane_d, 1, self.dt, np.zeros(ROWS_PER_NODE * N),
+                    rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
+        return force
 
     def _coaxial(self) -> None:
         if len(self.rods) < 2:
@@ -500,13 +597,10 @@ class DeviceStack:
 
     def _torsion(self, k: int) -> None:
         rod = self.rods[k]
-        sig = np.concatenate([rod.sigma, [rod.inserted_mm, rod.inserted_mm + rod.h]])
-        gj = rod.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / rod.h
+        _, _, gj = rod._profiles()
         kb, alpha, mag, n = rod.rest_binormals(with_normals=True)
         # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
-        cur = _curvatures(rod.x)
-        tau = -np.einsum("ij,ij->i", cur - kb, mag[:, None] * n) / alpha
-        tau[0] = 0.0
+        tau = _shape_torque(rod.x, kb, mag, n, alpha)
         tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
