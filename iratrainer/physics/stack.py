@@ -87,28 +87,77 @@ class SafetyThresholds:
 
 @nb.njit(cache=True, error_model="numpy")
 def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
-    """Quasi-static torsion with Coulomb stick-slip (Gauss-Seidel, last node prescribed).
+    """Quasi-static torsion with Coulomb stick-slip, solved directly (the last node is prescribed).
 
-    Node k's angle minimises Σ gj/2 (Δθ)² - τ_bend θ; it stays at ``theta0`` (stick) while
-    the elastic torque is below ``tau_max`` and slips with friction torque ``tau_max`` otherwise.
+    The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ τ_max |θ - θ0|``: elastic twist,
+    the shaped tip's coupling torque, and Coulomb friction (a node sticks at ``theta0``
+    while the elastic torque on it is below ``tau_max``, and slips against ``tau_max``
+    otherwise). An active-set iteration: with the stick/slip state fixed, the optimality
+    conditions are a tridiagonal system (Thomas algorithm, O(N)); nodes whose slip would
+    reverse stick, stuck nodes whose torque exceeds friction slip; repeat until the state
+    holds (``n_iter`` at most). The hub's rotation reaches the tip in one step along a
+    frictionless wire; a Gauss-Seidel sweep would move it ~one node per sweep.
     """
     n = theta.shape[0]
-    for _ in range(n_iter):
-        for k in range(n - 2, -1, -1):
+    if n < 2:
+        return
+    state = np.zeros(n, np.int64)  # 0 stick, +1/-1 slipping forwards/backwards
+    a = np.zeros(n)
+    b = np.zeros(n)
+    c = np.zeros(n)
+    d = np.zeros(n)
+    cp = np.zeros(n)
+    dp = np.zeros(n)
+    m = n - 1  # unknowns 0 .. n-2; node n-1 prescribed
+    # first guess: every node where friction cannot hold the frictionless torque slips
+    for k in range(m):
+        state[k] = 1
+    for _ in range(max(n_iter, 1)):
+        for k in range(m):
             gp = gj_edge[k]
             gd = gj_edge[k - 1] if k > 0 else 0.0
-            s = gp + gd
-            if s <= 0.0:
+            if state[k] == 0 or gp + gd <= 0.0:
+                a[k] = 0.0
+                b[k] = 1.0
+                c[k] = 0.0
+                d[k] = theta0[k]
                 continue
-            num = gp * theta[k + 1] + tau_bend[k]
-            if k > 0:
-                num += gd * theta[k - 1]
-            star = num / s
-            tau = s * (star - theta0[k])
-            if abs(tau) <= tau_max[k]:
-                theta[k] = theta0[k]
+            a[k] = -gd
+            b[k] = gp + gd
+            c[k] = -gp
+            d[k] = tau_bend[k] - tau_max[k] * state[k]
+        d[m - 1] -= c[m - 1] * theta[m]  # the prescribed node
+        c[m - 1] = 0.0
+        # Thomas algorithm
+        cp[0] = c[0] / b[0]
+        dp[0] = d[0] / b[0]
+        for k in range(1, m):
+            den = b[k] - a[k] * cp[k - 1]
+            cp[k] = c[k] / den
+            dp[k] = (d[k] - a[k] * dp[k - 1]) / den
+        theta[m - 1] = dp[m - 1]
+        for k in range(m - 2, -1, -1):
+            theta[k] = dp[k] - cp[k] * theta[k + 1]
+        changed = False
+        for k in range(m):
+            gp = gj_edge[k]
+            gd = gj_edge[k - 1] if k > 0 else 0.0
+            if gp + gd <= 0.0:
+                continue
+            if state[k] != 0:
+                if (theta[k] - theta0[k]) * state[k] <= 0.0:  # the slip would reverse: stick
+                    state[k] = 0
+                    changed = True
             else:
-                theta[k] = star - math.copysign(tau_max[k], tau) / s
+                # the torque the wall must hold at a stuck node
+                r = tau_bend[k] + gp * (theta[k + 1] - theta[k])
+                if k > 0:
+                    r += gd * (theta[k - 1] - theta[k])
+                if abs(r) > tau_max[k] * (1.0 + 1e-9) + 1e-15:
+                    state[k] = 1 if r > 0.0 else -1
+                    changed = True
+        if not changed:
+            break
 
 
 @nb.njit(cache=True, error_model="numpy")
@@ -574,9 +623,12 @@ class DeviceStack:
             if not np.any(inside):
                 continue
             ks = np.nonzero(inside)[0]
-            pos = np.interp(so[ks], outer.sigma, np.arange(outer.n_material), right=outer.n_material - 1)
-            o1 = np.floor(pos).astype(np.int64)
-            o2 = np.minimum(o1 + 1, outer.n_material - 1)
+            # over the whole outer chain up to its access node (index n_material, kinematic): an
+            # inner node in the outer's access edge follows that edge, not its last free node
+            K = outer.n_material
+            pos = np.interp(so[ks], np.r_[outer.sigma, outer.inserted_mm], np.arange(K + 1.0))
+            o1 = np.minimum(np.floor(pos).astype(np.int64), K)
+            o2 = np.minimum(o1 + 1, K)
             beta = pos - o1
             li.append(offs[j] + ks)
             lo1.append(offs[j - 1] + o1)
@@ -604,7 +656,7 @@ class DeviceStack:
         tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
-        _torsion_kernel(rod.theta, theta0, gj, tau, tau_max, 30)
+        _torsion_kernel(rod.theta, theta0, gj, tau, tau_max, 20)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
