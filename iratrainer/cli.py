@@ -201,6 +201,33 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_navigate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+    from iratrainer.physics.navigate import navigate
+
+    labels = build_atlas(AtlasParams(arch=args.arch)).labels
+    if args.target not in labels:
+        raise IratrainerError(f"--target: no vessel {args.target!r} in the atlas (e.g. L_MCA_M1, L_ICA, R_ICA, "
+                              "L_CCA, BCT, L_SCA)")
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise IratrainerError(f"{out}: cannot write there ({exc.strerror or exc})") from None
+    res = navigate(args.arch, args.target, seed=args.seed, max_sim_s=args.max_seconds,
+                   progress=lambda msg: print(f"navigate: {msg}", file=sys.stderr, flush=True))
+    path = res.write(out)
+    state = "reached" if res.reached else "not reached"
+    print(f"{args.target} {state} ({res.outcome}) in {res.sim_time_s:.1f} s simulated, tip in {res.tip_branch}, "
+          f"path {res.path_length_mm:.0f} mm, max wall force {res.max_wall_force_n:.2f} N: {path}")
+    return 0 if res.reached else 1
+
+
 def _progress_bar(stage: str, frac: float) -> None:
     n = int(round(30 * frac))
     end = "\n" if frac >= 1.0 else ""
@@ -629,6 +656,19 @@ def build_parser() -> argparse.ArgumentParser:
     va.add_argument("--fuzz-seconds", type=float, default=20.0,
                     help="simulated seconds of random hub inputs (600 = the full 10-minute fuzz)")
     va.set_defaults(func=_cmd_validate)
+
+    nv = sub.add_parser("navigate", help="a scripted operator drives the rod physics to a vessel (hub inputs and "
+                        "fluoroscopy only)",
+                        description="From the right femoral sheath through the atlas with the device physics: the "
+                        "operator sees the roadmap and the projected tips, turns and pushes hubs. Writes "
+                        "result.json (reached, simulated time, tip path length, maximum wall force); exit 0 when "
+                        "the target is reached, 1 when not.")
+    nv.add_argument("--arch", choices=["I", "II", "III"], default="I", help="aortic arch type of the atlas")
+    nv.add_argument("--target", default="L_MCA_M1", help="target vessel label")
+    nv.add_argument("--seed", type=_seed, default=0, help="operator seed (starting hub angles)")
+    nv.add_argument("--max-seconds", type=float, default=300.0, help="simulated time limit, s")
+    nv.add_argument("--out", required=True, help="output folder (result.json)")
+    nv.set_defaults(func=_cmd_navigate)
 
     cs = sub.add_parser("case", help="validate, list and author case files",
                         description="Case files (TOML): validate them, list the shipped library, or make "

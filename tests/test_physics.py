@@ -286,7 +286,7 @@ def test_hub_rotation_reaches_the_tip_of_a_long_wire_at_once():
     st = DeviceStack(_tube(length=700.0), [spec], access_label="TUBE", inserted_mm=[600.0])
     rod = st.rods[0]
     assert len(rod.x) > 290
-    for k in range(100):
+    for _ in range(100):
         st.step({spec.name: HubCommand(0.0, 720.0)})  # 72 degrees in 0.1 s
         assert math.degrees(rod.theta[0]) == pytest.approx(math.degrees(rod.hub_angle), abs=1e-6)
     assert math.degrees(rod.hub_angle) == pytest.approx(72.0)

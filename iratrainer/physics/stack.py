@@ -255,7 +255,8 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
     far in one step (a whip) cannot cross the wall unconstrained. After the solve, friction
     (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
     wall measured from the start of the step ``x0``; one more pass restores the
-    constraints. Returns the wall force per node (N).
+    constraints. ``r_dev`` (N,) is each node's clearance from the wall: the device's own
+    radius, or the radius of the catheter it runs in. Returns the wall force per node (N).
     """
     N = x.shape[0]
     n = np.empty((N, 3))
@@ -271,7 +272,7 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
         inv = 1.0 / max(np.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-9)
         n[k, 0], n[k, 1], n[k, 2] = d0 * inv, d1 * inv, d2 * inv
         plane_d[k] = (n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2]
-                      + max(R[k] - r_dev, 0.05))
+                      + max(R[k] - r_dev[k], 0.05))
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force)
@@ -458,11 +459,14 @@ class DeviceStack:
         inserted_mm: initial inserted length of each device, mm.
         dt: time step, s.
         thresholds: safety thresholds.
+        path_mm: where the devices lie at the start, from the access point inwards (default:
+            the tree's route from the access branch towards the root).
     """
 
     def __init__(self, tree: VesselTree, specs: list[DeviceSpec], access_label: str = "R_CFA",
                  inserted_mm: list[float] | None = None, dt: float = 1e-3,
-                 thresholds: SafetyThresholds | None = None, iterations: int = 2, solver: str = "primal") -> None:
+                 thresholds: SafetyThresholds | None = None, iterations: int = 2, solver: str = "primal",
+                 path_mm: np.ndarray | None = None) -> None:
         if not specs:
             raise StackError("a stack needs at least one device")
         for outer, inner in zip(specs, specs[1:], strict=False):
@@ -494,6 +498,10 @@ class DeviceStack:
             path = acc.points_mm[::-1].copy()
         else:
             path, _ = tree.path_polyline(access_label, tree.root)
+        if path_mm is not None:  # lay the devices along a given way in (e.g. an exchange over a catheter)
+            path = np.asarray(path_mm, dtype=np.float64)
+            if len(path) < 4 or np.linalg.norm(path[0] - self.access) > 1.0:
+                raise StackError("path_mm must start at the access point and hold at least 4 points")
         self.path = path
         inward = path[min(3, len(path) - 1)] - path[0]
         inward /= np.linalg.norm(inward)
@@ -557,9 +565,26 @@ class DeviceStack:
         self._safety()
         self._shape_events()
 
+    def _clearances(self) -> list[np.ndarray]:
+        """Each node's clearance from the vessel wall (mm): its device's radius, or, inside an
+        outer device, that device's clearance less the play between them (a wire inside a
+        catheter cannot ride closer to the wall than the catheter around it)."""
+        out: list[np.ndarray] = []
+        for j, rod in enumerate(self.rods):
+            r = np.full(len(rod.x), rod.spec.outer_radius_mm)
+            if j > 0:
+                outer = self.rods[j - 1]
+                play = max(outer.spec.inner_radius_mm - rod.spec.outer_radius_mm, 0.0)
+                inside = (rod.inserted_mm - rod.sigma) <= outer.inserted_mm
+                r_in = float(np.max(out[j - 1])) - play
+                r[:rod.n_material][inside] = np.maximum(r[:rod.n_material][inside], r_in)
+            out.append(r)
+        return out
+
     def _contacts_and_solve(self, x0: list[np.ndarray], final: bool) -> None:
         allx = np.vstack([r.x for r in self.rods])
         q = self.tree.query(allx)
+        clear = self._clearances()
         off = 0
         for k, rod in enumerate(self.rods):
             N = len(rod.x)
@@ -569,11 +594,12 @@ class DeviceStack:
             kb, alpha, _ = rod.rest_binormals()
             rest = rod.rest_lengths()
             if self.solver == "primal":
-                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, rod.spec.outer_radius_mm, kb, alpha,
+                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction)
             else:
-                force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R, kb, alpha, rest)
+                force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
+                                                 kb, alpha, rest)
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R

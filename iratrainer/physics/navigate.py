@@ -1,0 +1,469 @@
+"""A scripted operator that navigates the rod physics with hub inputs and fluoroscopy only.
+
+``navigate(arch, target)`` drives coaxial stacks (:class:`~iratrainer.physics.stack.DeviceStack`)
+from the right femoral sheath to a target vessel of the reference atlas: a 5F diagnostic
+catheter over a 0.035 in wire through the arch and the neck, then (over an exchange) an
+intermediate catheter, a microcatheter and a microwire to an intracranial target. The operator
+knows what an interventionalist knows: the roadmap (the route's centreline projected on
+the frontal and lateral detectors), the hub readings (inserted lengths, hub angles) and,
+at every fluoroscopy pulse, the projected position of each device tip and the direction
+its bent tip points in each image. It never reads the 3-D state or the vessel label of
+the tip; the result's ``reached`` is then checked against the ground truth.
+
+What the operator does:
+
+* **follow**: the lead device advances; the others keep fixed offsets from its inserted
+  length (hub advances from the hub readings).
+* **aim** before each junction on the route (a branch leaving the route, or the route
+  leaving its vessel): stop short of it, turn the lead's hub in 45° steps over a full
+  turn, wait for the twist to reach the tip, score how well the projected tip points
+  along the route past the junction on both planes, and come back to the best step. The
+  torque lags and whips (friction): the score is read at the tip, not at the hub.
+* **hook** a branch that leaves backwards (more than 75° from the way in, like the arch
+  vessels seen from the descending aorta): the shaped catheter takes the lead (the wire
+  waits behind its curve), goes 15 mm past the ostium, points its tip along the branch
+  and is pulled back slowly until the projected tip drops into the branch; then the
+  wire goes ahead again.
+* **recover**: when the projected tip leaves the roadmap by more than the vessel's
+  half-width plus a margin on either plane, pull back to before the junction, turn a
+  quarter turn beyond the last choice, and try again (at most ``max_attempts`` per
+  junction).
+
+Vessel selection is therefore the physics' doing: the shaped tip, the torque reaching
+it, the wall contacts. The operator only chooses hub inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from iratrainer.anatomy.atlas import AtlasParams, build_atlas
+from iratrainer.anatomy.tree import VesselTree
+from iratrainer.imaging.geometry import CArmPlane, frontal, lateral
+from iratrainer.physics.catalogue import default_catalogue
+from iratrainer.physics.stack import DeviceStack, HubCommand, PhysicsError
+
+__all__ = ["NavigateResult", "navigate", "ARCH_CATHETER", "DISTAL_STACK"]
+
+PULSE_STEPS = 50  # physics steps (1 ms) per fluoroscopy pulse: 20 pulses/s
+AIM_STEP_DEG = 45.0
+AIM_SETTLE_S = 0.2
+LEAD_MM = 10.0  # stop this far (along the route) before a junction to aim
+AIM_AHEAD_MM = 20.0  # the operator aims at the route this far past the junction
+
+#: the arch-and-neck stack by arch type (catheter, then the 0.035 wire inside it)
+ARCH_CATHETER = {"I": "vertebral_5F", "II": "vertebral_5F", "III": "simmons2_5F"}
+#: the intracranial stack laid in over an exchange, outermost first, and each one's offset (mm)
+#: from the microwire's inserted length
+DISTAL_STACK = (("intermediate_6F", -60.0), ("microcatheter_021", -25.0), ("microwire_014", 0.0))
+NECK_MM = 40.0  # how far up the internal carotid artery the diagnostic catheter goes before the exchange
+
+
+@dataclass
+class NavigateResult:
+    """What ``iratrainer navigate`` writes to ``result.json``."""
+
+    arch: str
+    target: str
+    seed: int
+    stack: list[str]
+    reached: bool
+    tip_branch: str
+    sim_time_s: float
+    path_length_mm: float
+    max_wall_force_n: float
+    junctions: int
+    attempts: int
+    outcome: str
+    events: dict[str, int] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+    def write(self, out_dir: Path) -> Path:
+        """Write ``result.json`` under ``out_dir`` (created); returns its path."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "result.json"
+        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+
+class _Route:
+    """The roadmap: the route's centreline, its projections on both planes (mm at the isocentre)."""
+
+    def __init__(self, tree: VesselTree, start: str, target: str, planes: list[CArmPlane]) -> None:
+        if target != start and target in tree.ancestors(start):
+            # a vessel upstream of the access (the aorta from the groin): climb it to its start
+            pts, rad, lab = tree.path_polyline(start, tree.root, with_labels=True)
+            last = int(np.nonzero(lab == tree.index(target))[0][-1])
+            pts, rad, lab = pts[:last + 1], rad[:last + 1], lab[:last + 1]
+        else:
+            pts, rad, lab = tree.path_polyline(start, target, with_labels=True)
+        self.pts, self.rad, self.lab = pts, rad, lab
+        self.arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+        self.planes = planes
+        self.proj = [self._px(p, pts) for p in planes]
+        self.target_arc = float(self.arc[np.argmax(lab == tree.index(target))])
+        route = {tree.labels[i] for i in np.unique(lab)}
+        junctions = []
+        for label in tree.labels:
+            b = tree[label]
+            if b.parent is None or b.parent not in route or label in route:
+                continue
+            j = tree[b.parent].points_mm[b.parent_index]
+            k = int(np.argmin(np.linalg.norm(pts - j, axis=1)))
+            if np.linalg.norm(pts[k] - j) < 1.0 and b.radii_mm[0] > 0.6:
+                junctions.append(float(self.arc[k]))
+        # where the route leaves a vessel for one of its branches, the alternative is to go on
+        # along that vessel
+        change = np.nonzero(np.diff(lab) != 0)[0]
+        self.hooks: set[float] = set()
+        for k in change:
+            sj = float(self.arc[k])
+            junctions.append(sj)
+            # a branch that leaves backwards (more than 75° from the way in) is caught on a pull-back
+            if math.degrees(math.acos(np.clip(self.direction(sj - 10.0, sj) @ self.direction(sj, sj + 10.0),
+                                              -1.0, 1.0))) > 75.0:
+                self.hooks.add(round(sj, 1))
+        self.junctions = sorted(set(round(s, 1) for s in junctions))
+
+    def direction(self, s0: float, s1: float) -> np.ndarray:
+        """Unit 3-D direction of the route from arc ``s0`` to arc ``s1`` (for the junction geometry)."""
+        p = [np.array([np.interp(v, self.arc, self.pts[:, i]) for i in range(3)]) for v in (s0, s1)]
+        d = p[1] - p[0]
+        return d / max(float(np.linalg.norm(d)), 1e-9)
+
+    @staticmethod
+    def _px(plane: CArmPlane, x: np.ndarray) -> np.ndarray:
+        uv, _ = plane.project(x)
+        return uv * plane.pixel_mm / plane.magnification
+
+    def point(self, s: float) -> list[np.ndarray]:
+        """The route point at arc ``s`` projected on each plane (mm)."""
+        i = int(np.clip(np.searchsorted(self.arc, s), 0, len(self.arc) - 1))
+        return [pr[i] for pr in self.proj]
+
+    def locate(self, tip_px: list[np.ndarray], s_hint: float, window: tuple[float, float]) -> tuple[float, float]:
+        """(arc, excess): where the projected tip is along the route near ``s_hint``.
+
+        A route point's distance to the tip is the larger of its two projected distances,
+        measured in units of the lumen radius there (a tip against the wall of a wide arch
+        is in the arch, not in the narrow branch that projects nearer). ``excess`` is the
+        distance beyond the roadmap's edge (1.2 radii + 2 mm) at the chosen point, > 0 off it.
+        """
+        lo = np.searchsorted(self.arc, s_hint + window[0])
+        hi = max(np.searchsorted(self.arc, s_hint + window[1]), lo + 1)
+        d = np.max([np.linalg.norm(pr[lo:hi] - t, axis=1) for pr, t in zip(self.proj, tip_px, strict=True)], axis=0)
+        edge = 1.2 * self.rad[lo:hi] + 2.0
+        k = int(np.argmin(d / edge))
+        return float(self.arc[lo + k]), float(d[k] - edge[k])
+
+    def radius(self, s: float) -> float:
+        """Lumen radius of the route at arc ``s`` (mm)."""
+        return float(np.interp(s, self.arc, self.rad))
+
+    def depth(self, s_junction: float) -> float:
+        """How far into a branch the projected tip must be seen before it counts as in (mm):
+        the parent's radius plus 10 mm (a tip against the wall of a wide parent can project
+        that far along the first millimetres of the branch)."""
+        return self.radius(s_junction - 5.0) + 10.0
+
+
+class _Operator:
+    """The scripted hands and eyes (see the module docstring)."""
+
+    def __init__(self, stack: DeviceStack, route: _Route, offsets_mm: list[float], rng: np.random.Generator,
+                 max_sim_s: float, max_attempts: int) -> None:
+        self.st = stack
+        self.route = route
+        self.rng = rng
+        self.max_sim_s = max_sim_s
+        self.max_attempts = max_attempts
+        self.set_lead(len(stack.rods) - 1, offsets_mm)
+        self.s = 0.0
+        self.s, _ = self.where((0.0, float(route.arc[-1])))  # the first look: where on the roadmap
+        self.attempts = 0
+        self.path_length = 0.0
+        self.max_force = 0.0
+        self.log: list[str] = []
+        self._last_tip = self.lead.x[0].copy()
+
+    def set_lead(self, index: int, offsets_mm: list[float]) -> None:
+        """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``."""
+        self.lead_index = index
+        self.lead = self.st.rods[index]
+        self.offsets = list(offsets_mm)
+        self._last_tip = self.lead.x[0].copy()
+
+    def settle_offsets(self, max_pulses: int = 100) -> None:
+        """Move the other hubs to their offsets with the lead held (e.g. after a change of lead)."""
+        for _ in range(max_pulses):
+            lead_ins = self.lead.inserted_mm
+            if all(abs(r.inserted_mm - (lead_ins + o)) < 1.0 for k, (r, o) in enumerate(zip(self.st.rods, self.offsets,
+                                                                                         strict=True))
+                   if k != self.lead_index):
+                return
+            self.pulse()
+
+    # ---------------------------------------------------------------- eyes
+    def see(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Projected tip position and tip direction (unit, image plane) on each plane."""
+        x = self.lead.x
+        tips = [self.route._px(p, x[:1])[0] for p in self.route.planes]
+        back = [self.route._px(p, x[3:4])[0] for p in self.route.planes]
+        dirs = []
+        for t, b in zip(tips, back, strict=True):
+            d = t - b
+            n = float(np.linalg.norm(d))
+            dirs.append(d / n if n > 1e-6 else d)
+        return tips, dirs
+
+    def where(self, window: tuple[float, float] = (-30.0, 40.0)) -> tuple[float, bool]:
+        """Update the route position; True when the tip is off the roadmap."""
+        tips, _ = self.see()
+        s, excess = self.route.locate(tips, self.s, window)
+        self.s = s
+        return s, excess > 0.0
+
+    # ---------------------------------------------------------------- hands
+    def pulse(self, advance_mm_s: float = 0.0, rotate_deg_s: float = 0.0, steps: int = PULSE_STEPS) -> None:
+        """Hold the hub inputs for one pulse; the other devices keep their offsets from the lead."""
+        if self.st.time_s > self.max_sim_s:
+            raise TimeoutError
+        lead_ins = self.lead.inserted_mm + advance_mm_s * steps * self.st.dt
+        cmds: dict[str, HubCommand] = {}
+        for k, (rod, off) in enumerate(zip(self.st.rods, self.offsets, strict=True)):
+            if k == self.lead_index:
+                continue
+            v = float(np.clip((lead_ins + off - rod.inserted_mm) / (steps * self.st.dt), -40.0, 40.0))
+            cmds[rod.name] = HubCommand(v, 0.0)
+        cmds[self.lead.name] = HubCommand(advance_mm_s, rotate_deg_s)
+        for _ in range(steps):
+            self.st.step(cmds)
+        tip = self.lead.x[0]
+        self.path_length += float(np.linalg.norm(tip - self._last_tip))
+        self._last_tip = tip.copy()
+        self.max_force = max(self.max_force, max(float(np.max(f)) if len(f) else 0.0 for f in self.st.wall_force))
+
+    def aim(self, s_junction: float, skip: int = 0, along: bool = False) -> None:
+        """Turn the lead's hub over a full turn in 45° steps, then back to the best step (+ ``skip`` quarters).
+
+        The score: the projected tip direction against the way to the route 10 mm past the
+        junction (or, ``along``, against the route's own direction there), on both planes.
+        """
+        ahead = self.route.point(min(s_junction + AIM_AHEAD_MM, self.route.arc[-1]))
+        start = self.route.point(s_junction)
+        n_steps = int(round(360.0 / AIM_STEP_DEG))
+        rate = AIM_STEP_DEG / (2 * PULSE_STEPS * self.st.dt)  # 450°/s: two pulses per step
+        settle = max(1, int(round(AIM_SETTLE_S / (PULSE_STEPS * self.st.dt))))
+        scores = []
+        for _ in range(n_steps):
+            self.pulse(0.0, rate)
+            self.pulse(0.0, rate)
+            for _ in range(settle):
+                self.pulse()
+            tips, dirs = self.see()
+            score = 0.0
+            for t, d, a, a0 in zip(tips, dirs, ahead, start, strict=True):
+                want = a - a0 if along else a - t
+                L = float(np.linalg.norm(want))
+                if L > 1e-6:
+                    score += float(d @ want) / L * min(L, 10.0)  # foreshortened views count less
+            scores.append(score)
+        best = (int(np.argmax(scores)) + 1 + 2 * skip) % n_steps  # steps turned when the best was seen
+        for _ in range(2 * best):
+            self.pulse(0.0, rate)
+        for _ in range(settle):
+            self.pulse()
+        self.log.append(f"t={self.st.time_s:.2f}s aim before the junction at {s_junction:.0f} mm: "
+                        f"{best * AIM_STEP_DEG:.0f}° (scores {', '.join(f'{v:.1f}' for v in scores)})")
+
+    def advance_by(self, mm: float, speed: float = 20.0) -> None:
+        """Push (or pull, ``mm`` < 0) the lead's hub by ``mm`` of inserted length."""
+        target = self.lead.inserted_mm + mm
+        sign = 1.0 if mm > 0 else -1.0
+        for _ in range(int(abs(mm) / (speed * PULSE_STEPS * self.st.dt)) + 40):
+            if (target - self.lead.inserted_mm) * sign <= 0.5:
+                break
+            self.pulse(sign * speed)
+
+    def hook(self, j: float, skip: int) -> bool:
+        """Catch a branch that leaves backwards: go past it, point the tip along it, pull back slowly.
+
+        Returns True when the tip is seen going up the branch after the final push.
+        """
+        s, _ = self.where()
+        self.advance_by(max(j - s, 0.0) + 15.0)
+        self.aim(j, skip=skip, along=True)
+        win = (j - self.s - 25.0, j - self.s + 30.0)
+        s0 = self.s
+        for _ in range(int(40.0 / (5.0 * PULSE_STEPS * self.st.dt))):
+            self.pulse(-5.0)
+            tips, _ = self.see()
+            s2, excess = self.route.locate(tips, s0, win)
+            if s2 > j + 3.0 and excess < 0.0:
+                self.s = s2
+                self.log.append(f"t={self.st.time_s:.2f}s the tip dropped into the branch at {j:.0f} mm on the "
+                                "pull-back")
+                depth = self.route.depth(j)
+                self.advance_by(depth + 5.0, 10.0)
+                s3, off = self.where((-20.0, depth + 20.0))
+                if s3 > j + depth and not off:
+                    return True
+                break
+            if s2 < j - 12.0:
+                break
+        return False
+
+    def run(self, goal: float, catheter: int | None = None) -> str:
+        """Navigate the lead to route arc ``goal``; returns "reached" or "gave_up" (TimeoutError past the limit).
+
+        ``catheter``: the index of a shaped catheter that takes the lead for the hook at a
+        branch leaving backwards (the wire waits inside it, 10 mm behind its curve), then hands
+        back to the wire.
+        """
+        route = self.route
+        pending = [s for s in route.junctions if self.s - 5.0 < s < goal]
+        tries = 0
+        while True:
+            s, off = self.where()
+            if off:
+                j = max([x for x in route.junctions if x < s + 5.0], default=None)
+                tries += 1
+                self.attempts += 1
+                self.log.append(f"t={self.st.time_s:.2f}s off the roadmap near {s:.0f} mm: pull back "
+                                f"(attempt {tries})")
+                if tries > self.max_attempts:
+                    return "gave_up"
+                # pull back until the tip is on the roadmap short of the junction
+                for _ in range(200):
+                    self.pulse(-20.0)
+                    s2, off2 = self.where((-60.0, 10.0))
+                    if not off2 and (j is None or s2 < j - LEAD_MM):
+                        break
+                if j is not None:
+                    self.aim(j, skip=tries)
+                    pending = [x for x in pending if x > j]
+                continue
+            if s >= goal:
+                return "reached"
+            nxt = pending[0] if pending else None
+            if nxt is not None and s >= nxt - LEAD_MM:
+                if nxt in route.hooks:
+                    wire, wire_offsets = self.lead_index, list(self.offsets)
+                    if catheter is not None:
+                        # the wire comes back behind the catheter's curve, so the curve takes its shape
+                        spec = self.st.rods[catheter].spec
+                        curve_end = max((c.start_mm + c.length_mm for c in spec.curves), default=0.0)
+                        cat_offsets = [0.0] * len(self.offsets)
+                        cat_offsets[wire] = -(curve_end + 10.0)
+                        self.set_lead(catheter, cat_offsets)
+                        self.settle_offsets()
+                    for k in range(self.max_attempts):
+                        if self.hook(nxt, k):
+                            break
+                        self.attempts += 1
+                        self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not caught "
+                                        f"(attempt {k + 1})")
+                        s_now, _ = self.where((-60.0, 40.0))
+                        self.advance_by(min(nxt - LEAD_MM - s_now, 0.0))
+                    else:
+                        return "gave_up"
+                    if catheter is not None:  # the wire goes ahead again, the catheter follows
+                        self.set_lead(wire, wire_offsets)
+                        self.s, _ = self.where((-40.0, 40.0))
+                else:
+                    self.aim(nxt)
+                pending.pop(0)
+                continue
+            near = nxt is not None and s > nxt - LEAD_MM - 15.0
+            self.pulse(10.0 if near else 30.0)
+            if tries and nxt is None:
+                tries = 0
+
+
+def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s: float = 300.0,
+             max_attempts: int = 6, progress: Callable[[str], None] | None = None) -> NavigateResult:
+    """Navigate the rod physics from the right femoral sheath to ``target`` (see the module docstring).
+
+    Two stacks, as in a thrombectomy: a 5F diagnostic catheter (vertebral for arch types I
+    and II, Simmons 2 for type III) over a 0.035 in angled wire through the arch and up the
+    neck to the internal carotid artery; then, over an exchange (not simulated: the new
+    devices are laid along the diagnostic catheter's shape), a 6F intermediate catheter, a
+    0.021 in microcatheter and a shaped 0.014 in microwire, the microwire leading to the target.
+
+    Args:
+        arch: aortic arch type of the atlas, "I", "II" or "III".
+        target: label of the target vessel in the atlas (downstream of the left or right ICA
+            for the intracranial stack; any vessel otherwise).
+        seed: seeds the operator's starting hub angles (the anatomy is the reference atlas).
+        max_sim_s: simulated time limit, s.
+        max_attempts: tries at one junction before the operator gives up.
+    """
+    tree = build_atlas(AtlasParams(arch=arch))
+    if target not in tree:
+        raise KeyError(target)
+    cat = default_catalogue()
+    rng = np.random.default_rng(seed)
+    route = _Route(tree, "R_CFA", target, [frontal(), lateral()])
+    neck = next((lab for lab in ("L_ICA", "R_ICA") if lab in tree.path("R_CFA", target)[:-1]), None)
+    specs = [cat[ARCH_CATHETER[arch]], cat["guidewire_035_angled"]]
+    st = DeviceStack(tree, specs, inserted_mm=[120.0, 150.0])
+    for rod in st.rods:
+        rod.hub_angle = float(rng.uniform(0.0, 2.0 * math.pi))
+        rod.theta[:] = rod.hub_angle
+    op = _Operator(st, route, [-30.0, 0.0], rng, max_sim_s, max_attempts)
+    stacks = [[s.name for s in specs]]
+    outcome = "reached"
+    path_length, max_force = 0.0, 0.0
+    events: list[object] = []
+    try:
+        neck_goal = np.inf
+        if neck is not None:
+            neck_goal = float(route.arc[np.argmax(route.lab == tree.index(neck))]) + NECK_MM
+        final = min(route.target_arc + route.depth(route.target_arc), float(route.arc[-1]) - 2.0)
+        outcome = op.run(min(neck_goal, final), catheter=0)
+        if outcome == "reached" and neck is not None:
+            # exchange: the diagnostic catheter's shape is the way in for the distal stack
+            cath = st.rods[0]
+            way = cath.x[:-1][::-1]
+            ins = cath.inserted_mm
+            path_length, max_force = op.path_length, op.max_force
+            events = list(st.events)
+            op.log.append(f"t={st.time_s:.2f}s exchange over a wire: {cath.name} and the 0.035 wire out, "
+                          + ", ".join(n for n, _ in DISTAL_STACK) + " in along the catheter's shape")
+            distal = [cat[n] for n, _ in DISTAL_STACK]
+            distal[-1] = distal[-1].with_tip_shape(45.0, length_mm=4.0, start_mm=2.0)
+            st2 = DeviceStack(tree, distal, inserted_mm=[ins + o for _, o in DISTAL_STACK], path_mm=way)
+            st2.time_s = st.time_s
+            for rod in st2.rods:
+                rod.hub_angle = float(rng.uniform(0.0, 2.0 * math.pi))
+                rod.theta[:] = rod.hub_angle
+            log = op.log
+            s_now = op.s
+            op = _Operator(st2, route, [o for _, o in DISTAL_STACK], rng, max_sim_s, max_attempts)
+            op.log, op.s = log, s_now
+            st = st2
+            stacks.append([s.name for s in distal])
+            outcome = op.run(final)
+    except TimeoutError:
+        outcome = "time_limit"
+    except PhysicsError as exc:
+        outcome = "diverged"
+        op.log.append(str(exc))
+    tip_branch = st.tip_branch()
+    downstream = target not in tree.ancestors("R_CFA")  # else the subtree holds the way in itself
+    reached = outcome == "reached" and (tip_branch == target or (downstream and tip_branch in tree.subtree(target)))
+    counts: dict[str, int] = {}
+    for e in events + list(st.events):
+        counts[e.kind] = counts.get(e.kind, 0) + 1  # type: ignore[attr-defined]
+    if progress:
+        progress(f"{outcome}: tip in {tip_branch} after {st.time_s:.1f} s")
+    return NavigateResult(arch, target, seed, [n for group in stacks for n in group], bool(reached), tip_branch,
+                          round(st.time_s, 3), round(path_length + op.path_length, 1),
+                          round(max(max_force, op.max_force), 4), len(route.junctions), op.attempts, outcome,
+                          counts, op.log + st.log[-20:])
