@@ -205,7 +205,7 @@ def _cmd_navigate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from iratrainer.anatomy.atlas import AtlasParams, build_atlas
-    from iratrainer.physics.navigate import navigate
+    from iratrainer.scenario.navigate import navigate
 
     labels = build_atlas(AtlasParams(arch=args.arch)).labels
     if args.target not in labels:

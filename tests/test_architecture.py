@@ -11,7 +11,8 @@ CORE = ["iratrainer.anatomy", "iratrainer.anatomy.atlas", "iratrainer.anatomy.io
         "iratrainer.physics.validate", "iratrainer.flow.network", "iratrainer.flow.contrast",
         "iratrainer.flow.thrombectomy", "iratrainer.flow.circulation", "iratrainer.flow.validate",
         "iratrainer.scenario.case", "iratrainer.scenario.track", "iratrainer.scenario.procedure",
-        "iratrainer.scenario.autopilot", "iratrainer.scenario.authoring", "iratrainer.scoring.rubric"]
+        "iratrainer.scenario.autopilot", "iratrainer.scenario.authoring", "iratrainer.scenario.navigate",
+        "iratrainer.scoring.rubric"]
 
 BLOCK = """
 import sys, importlib.abc

@@ -10,7 +10,7 @@ import pytest
 from iratrainer.anatomy.atlas import build_atlas
 from iratrainer.cli import main
 from iratrainer.imaging.geometry import frontal, lateral
-from iratrainer.physics.navigate import _Route
+from iratrainer.scenario.navigate import _Route
 
 
 def test_the_roadmap_knows_its_junctions_and_which_branches_leave_backwards():
