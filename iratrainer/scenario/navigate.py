@@ -180,7 +180,7 @@ class _Operator:
                  max_sim_s: float, max_attempts: int) -> None:
         self.st = stack
         self.route = route
-        self.rng = rng
+        self.rng = rng  # the operator's own draws (none yet beyond the starting hub angles)
         self.max_sim_s = max_sim_s
         self.max_attempts = max_attempts
         self.set_lead(len(stack.rods) - 1, offsets_mm)
@@ -252,8 +252,9 @@ class _Operator:
     def aim(self, s_junction: float, skip: int = 0, along: bool = False) -> None:
         """Turn the lead's hub over a full turn in 45° steps, then back to the best step (+ ``skip`` quarters).
 
-        The score: the projected tip direction against the way to the route 10 mm past the
-        junction (or, ``along``, against the route's own direction there), on both planes.
+        The score: the projected tip direction against the way to the route ``AIM_AHEAD_MM``
+        past the junction (or, ``along``, against the route's own direction there), on both
+        planes, each weighted by how long that way looks in projection (up to 10 mm).
         """
         ahead = self.route.point(min(s_junction + AIM_AHEAD_MM, self.route.arc[-1]))
         start = self.route.point(s_junction)
