@@ -183,6 +183,14 @@ def reconstruct_biplane(tree_a: VesselTree, run_a: Run2D, tree_b: VesselTree, ru
                 best = min(((float(np.min(np.linalg.norm(o.points_mm - pts[0], axis=1))), o) for o in out),
                            key=lambda t: t[0])[1]
                 k = int(np.argmin(np.linalg.norm(best.points_mm - pts[0], axis=1)))
+                # the child starts on that point: its first point moves there, or, farther than
+                # the parent's lumen, a connecting point is put in front of it
+                anchor = best.points_mm[k]
+                if np.linalg.norm(pts[0] - anchor) <= best.radii_mm[k] or len(pts) <= 2:
+                    pts = np.vstack([anchor, pts[1:]])
+                else:
+                    pts = np.vstack([anchor, pts])
+                    rads = np.concatenate([rads[:1], rads])
                 out.append(Branch(f"V{len(out)}", best.label, k, pts, rads))
             elif not out:
                 out.append(Branch("V0", None, 0, pts, rads))
