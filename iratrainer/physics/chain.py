@@ -31,9 +31,8 @@ HALF_BAND = 14
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
-    """Solve A y = b, A symmetric positive definite stored as A[i, j - i + bw] for |i - j| <= bw."""
-    L = np.zeros((n, 2 * bw + 1))
+def _cholesky_band_solve(A, b, n, bw, L):  # pragma: no cover - numba
+    """Solve A y = b in place on ``b``; A SPD in band storage A[i, j - i + bw]; ``L`` is scratch."""
     for i in range(n):
         j0 = max(0, i - bw)
         for j in range(j0, i + 1):
@@ -48,17 +47,23 @@ def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
                 L[i, bw] = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
             else:
                 L[i, j - i + bw] = s / L[j, bw]
-    y = b.copy()
     for i in range(n):
-        s = y[i]
+        s = b[i]
         for k in range(max(0, i - bw), i):
-            s -= L[i, k - i + bw] * y[k]
-        y[i] = s / L[i, bw]
+            s -= L[i, k - i + bw] * b[k]
+        b[i] = s / L[i, bw]
     for i in range(n - 1, -1, -1):
-        s = y[i]
+        s = b[i]
         for k in range(i + 1, min(n, i + bw + 1)):
-            s -= L[k, i - k + bw] * y[k]
-        y[i] = s / L[i, bw]
+            s -= L[k, i - k + bw] * b[k]
+        b[i] = s / L[i, bw]
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _banded_cholesky_solve(A, b, n, bw):  # pragma: no cover - numba
+    """Solve A y = b, A symmetric positive definite stored as A[i, j - i + bw] for |i - j| <= bw."""
+    y = b.copy()
+    _cholesky_band_solve(A, y, n, bw, np.zeros((n, 2 * bw + 1)))
     return y
 
 

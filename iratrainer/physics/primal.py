@@ -21,6 +21,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from iratrainer.physics.chain import _cholesky_band_solve
+
 __all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND"]
 
 PRIMAL_HALF_BAND = 8
@@ -75,34 +77,6 @@ def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
     J2[1, 2] -= 2.0 * e1[0] * inv
     J2[2, 0] -= 2.0 * e1[1] * inv
     J2[2, 1] += 2.0 * e1[0] * inv
-
-
-@nb.njit(cache=True, error_model="numpy")
-def _cholesky_band_solve(A, b, n, bw, L):  # pragma: no cover - numba
-    """Solve A y = b in place on ``b``; A SPD in band storage A[i, j - i + bw]; ``L`` is scratch."""
-    for i in range(n):
-        j0 = max(0, i - bw)
-        for j in range(j0, i + 1):
-            s = A[i, j - i + bw]
-            k0 = max(j0, j - bw)
-            for k in range(k0, j):
-                s -= L[i, k - i + bw] * L[j, k - j + bw]
-            if i == j:
-                # a row dependent on earlier ones leaves a tiny pivot: give it a large one
-                d = A[i, bw]
-                L[i, bw] = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
-            else:
-                L[i, j - i + bw] = s / L[j, bw]
-    for i in range(n):
-        s = b[i]
-        for k in range(max(0, i - bw), i):
-            s -= L[i, k - i + bw] * b[k]
-        b[i] = s / L[i, bw]
-    for i in range(n - 1, -1, -1):
-        s = b[i]
-        for k in range(i + 1, min(n, i + bw + 1)):
-            s -= L[k, i - k + bw] * b[k]
-        b[i] = s / L[i, bw]
 
 
 @nb.njit(cache=True, error_model="numpy")

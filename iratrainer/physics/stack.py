@@ -231,22 +231,6 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _curvatures(x):  # pragma: no cover - numba
-    N = x.shape[0]
-    out = np.zeros((N, 3))
-    for c in range(1, N - 1):
-        e1 = x[c] - x[c + 1]
-        e2 = x[c - 1] - x[c]
-        n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
-        n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
-        D = max(n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2], 1e-9 * n1 * n2 + 1e-300)
-        out[c, 0] = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
-        out[c, 1] = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
-        out[c, 2] = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
-    return out
-
-
-@nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt, max_step,
                    mu):  # pragma: no cover - numba
     """One device's solve with its wall: planes, Gauss-Newton, Coulomb friction, restoration.
