@@ -408,7 +408,9 @@ class GlRenderer(CpuRenderer):
         n = plane.matrix
         if len(a) == 0:
             return np.zeros((n, n))
-        bbox = _bboxes(plane, a, b, r)
+        pa, za = plane.project(a)
+        pb, zb = plane.project(b)
+        bbox = _bboxes(plane, a, b, r, (pa, za, pb, zb))
         tx = (n + TILE - 1) // TILE
         # bin capsules into tiles
         t0c, t1c = bbox[:, 0] // TILE, (np.maximum(bbox[:, 1], 1) - 1) // TILE
@@ -436,8 +438,6 @@ class GlRenderer(CpuRenderer):
         tiles_tex = tiles_tex.reshape(-1, width, 2)
         lst = np.zeros(((len(ps) + width - 1) // width) * width, np.int32)
         lst[:len(ps)] = ps
-        pa, za = plane.project(a)
-        pb, zb = plane.project(b)
         zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
         seg = np.zeros((4, len(a), 4), np.float32)
         seg[0, :, :3], seg[0, :, 3] = a, r

@@ -164,11 +164,14 @@ def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cove
     return out
 
 
-def _bboxes(plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """Pixel bounding boxes (col0, col1, row0, row1), half-open, of each capsule's projection."""
+def _bboxes(plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray,
+            projected: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Pixel bounding boxes (col0, col1, row0, row1), half-open, of each capsule's projection.
+
+    ``projected``: ``plane.project`` of ``a`` and ``b`` as (pa, za, pb, zb) when the caller has them.
+    """
     n = plane.matrix
-    pa, za = plane.project(a)
-    pb, zb = plane.project(b)
+    pa, za, pb, zb = projected if projected is not None else (*plane.project(a), *plane.project(b))
     zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
     rpix = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5
     lo = np.floor(np.minimum(pa, pb) - rpix[:, None]).astype(np.int64)
