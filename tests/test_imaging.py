@@ -112,6 +112,27 @@ def test_union_counts_overlaps_once_with_largest_mu():
     assert hot[c, c] == pytest.approx(one[c, c] + 0.8 * sphere_chord, rel=1e-9)
 
 
+def test_cached_vessel_chords_reweigh_to_the_direct_union_for_any_contrast():
+    """The per-view pieces give the direct union's ∫μdl for new per-capsule μ (zeros, overlaps, supersampling)."""
+    from iratrainer.imaging.chords import VesselChords
+
+    p = small_plane(matrix=64)
+    rng = np.random.default_rng(7)
+    c = rng.normal(0.0, 6.0, (40, 3))
+    a = c + rng.normal(0.0, 5.0, (40, 3))
+    b = c - rng.normal(0.0, 5.0, (40, 3))
+    r = rng.uniform(0.5, 3.0, 40)
+    for k in (1, 2):
+        vc = VesselChords(p, a, b, r, supersample=k)
+        for trial in range(3):
+            mu = rng.uniform(0.0, 1.0, 40) * (rng.uniform(size=40) > 0.3 * trial)
+            want = capsule_union_integrals(p, a, b, r, mu, supersample=k)
+            np.testing.assert_allclose(vc.integrals(mu), want, rtol=1e-12, atol=1e-12)
+    assert np.all(vc.integrals(np.zeros(40)) == 0.0)
+    with pytest.raises(ValueError):
+        vc.integrals(-np.ones(40))
+
+
 def test_ellipsoid_chord_matches_sphere_formula():
     p = small_plane()
     s, d = p.pixel_rays()
@@ -334,6 +355,34 @@ def test_gl_and_numpy_renderers_agree(gl_renderer, mode, make_plane):
     assert np.abs(out["gl"] - out["numpy"]).mean() < 1e-3
 
 
+def test_a_still_view_reuses_its_chords_and_a_moving_one_casts_rays(gl_renderer):
+    """First frame of a view: rays cast directly; from the second: the view's chords, same image."""
+    from dataclasses import replace
+
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.scene import contrast_downstream
+
+    tree = build_atlas()
+    iodine = contrast_downstream(tree, "L_CCA")
+    scene = Scene(tree, iodine, ())
+    plane = lateral(matrix=128)
+    for renderer in (CpuRenderer(), gl_renderer):
+        renderer._chords.clear()
+        renderer._last_view.clear()
+        first = renderer.iodine(scene, plane, 50.0)
+        assert not renderer._chords  # a new view: no chords yet
+        second = renderer.iodine(scene, plane, 50.0)
+        assert len(renderer._chords) == 1
+        half = renderer.iodine(scene.with_contrast(0.5 * iodine), plane, 50.0)
+        tol = 1e-12 if renderer.name == "numpy" else 2e-4 * first.max()
+        np.testing.assert_allclose(second, first, atol=tol)
+        np.testing.assert_allclose(half, 0.5 * first, atol=tol)
+        renderer._chords.clear()
+        for k in range(4):  # the C-arm rotating: every frame a new view, no chords built
+            renderer.iodine(scene, replace(plane, lao_deg=-90.0 + 2.0 * k), 50.0)
+        assert not renderer._chords
+
+
 def test_gl_fallback_warns_and_uses_numpy(monkeypatch):
     from iratrainer.imaging import gl
 
@@ -392,6 +441,20 @@ def test_detector_blur_is_scipys_gaussian_and_noise_is_poisson_at_low_counts():
     assert counts.var() == pytest.approx(lam, rel=0.02)
     assert np.mean(counts == 0) == pytest.approx(np.exp(-lam), rel=0.03)
     assert np.all(counts == np.round(counts))
+    # off the tabulated grid (7.3 = 58 steps of 0.125 + 0.05): the whole distribution
+    from scipy.stats import poisson
+
+    lam = 7.3
+    L = np.full((256, 256), np.log(n0 / lam))
+    counts = np.concatenate([
+        n0 * np.exp(-detect(L, np.ones_like(L), n0, np.ones_like(L), 0.0, s)).ravel() for s in range(4)])
+    counts[counts < 0.75] = 0.0
+    counts = np.rint(counts).astype(int)
+    m = len(counts)
+    freq = np.bincount(counts, minlength=30)[:30] / m
+    pmf = poisson.pmf(np.arange(30), lam)
+    sd = np.sqrt(pmf * (1 - pmf) / m)
+    assert np.all(np.abs(freq - pmf) <= 4.5 * sd + 1e-6)
 
 
 def test_detector_noise_does_not_depend_on_the_thread_count():

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from iratrainer.imaging.chords import VesselChords
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.raycast import _bboxes
 from iratrainer.imaging.render import CpuRenderer, LineIntegrals, blob_integrals, device_segments
@@ -259,6 +260,39 @@ void main() {
 """.replace("MAXI", str(MAX_INTERVALS))
 
 
+_CHORDS = """
+#version 330 core
+// a still view: the per-pixel ray pieces of :mod:`iratrainer.imaging.chords`, re-weighted
+uniform isampler2D ptr;    // per pixel p: (first single, first shared piece); p + 1 ends them
+uniform sampler2D single;  // single: (capsule index as float bits, summed length mm)
+uniform isampler2D mptr;   // shared piece: first capsule index in mids (next piece: the end)
+uniform sampler2D mlen;    // shared piece: length, mm
+uniform isampler2D mids;   // shared pieces' capsule indices
+uniform sampler2D mu;      // per capsule, 1/mm
+uniform int n;
+out float result;
+ivec2 at(int i) { return ivec2(i & 4095, i >> 12); }
+void main() {
+    int p = int(gl_FragCoord.y) * n + int(gl_FragCoord.x);
+    ivec2 s = texelFetch(ptr, at(p), 0).xy;
+    ivec2 e = texelFetch(ptr, at(p + 1), 0).xy;
+    float acc = 0.0;
+    for (int j = s.x; j < e.x; ++j) {
+        vec2 q = texelFetch(single, at(j), 0).xy;
+        acc += texelFetch(mu, at(floatBitsToInt(q.x)), 0).x * q.y;
+    }
+    for (int j = s.y; j < e.y; ++j) {
+        int k1 = texelFetch(mptr, at(j + 1), 0).x;
+        float best = 0.0;
+        for (int k = texelFetch(mptr, at(j), 0).x; k < k1; ++k)
+            best = max(best, texelFetch(mu, at(texelFetch(mids, at(k), 0).x), 0).x);
+        acc += best * texelFetch(mlen, at(j), 0).x;
+    }
+    result = acc;
+}
+"""
+
+
 class GlUnavailable(RuntimeError):
     """No usable OpenGL 3.3 context (no EGL, no driver); the CPU renderer is used instead."""
 
@@ -316,6 +350,8 @@ class GlRenderer(CpuRenderer):
         self._prog_ell = self._program(_ELLIPSOIDS)
         self._prog_ves = self._program(_VESSELS)
         self._prog_dev = self._program(_DEVICES)
+        self._prog_chords = self._program(_CHORDS)
+        self._chord_tex: dict[int, tuple[object, list[tuple[str, int, bool]]]] = {}
         self._fbo = GL.glGenFramebuffers(1)
         self._targets: dict[int, Any] = {}
 
@@ -451,15 +487,67 @@ class GlRenderer(CpuRenderer):
         textures = [("seg", t_seg, True), ("tiles", t_tiles, True), ("lists", t_list, True)]
         return self._draw(self._prog_ves if union else self._prog_dev, plane, textures, {"tiles_x": tx})
 
+    def _rows(self, data: np.ndarray, kind: str) -> int:
+        """A 1-D array as a texture 4096 texels wide (int32 or float32)."""
+        GL = self.ctx.GL
+        width = 4096
+        flat = np.zeros(max(1, (len(data) + width - 1) // width) * width,
+                        np.int32 if kind == "i" else np.float32)
+        flat[:len(data)] = data
+        if kind == "i":
+            return self._texture(flat.reshape(-1, width), GL.GL_R32I, GL.GL_RED_INTEGER, GL.GL_INT)
+        return self._texture(flat.reshape(-1, width), GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT)
+
+    def _pairs(self, ids: np.ndarray, lengths: np.ndarray) -> int:
+        """(index, length) pairs in one RG32F texture 4096 wide, the index as float bits."""
+        GL = self.ctx.GL
+        width = 4096
+        pair = np.zeros((max(1, (len(ids) + width - 1) // width) * width, 2), np.float32)
+        pair[:len(ids), 0] = ids.astype(np.int32).view(np.float32)
+        pair[:len(ids), 1] = lengths
+        return self._texture(pair.reshape(-1, width, 2), GL.GL_RG32F, GL.GL_RG, GL.GL_FLOAT)
+
+    def _chord_textures(self, vc: VesselChords) -> list[tuple[str, int, bool]]:
+        """The chords' lists as textures, uploaded once per view (the oldest view's freed)."""
+        hit = self._chord_tex.get(id(vc))
+        if hit is not None and hit[0] is vc:
+            return hit[1]
+        GL = self.ctx.GL
+        s_ptr, s_id, s_len, m_ptr, m_len, m_idptr, m_ids = vc.lists
+        if s_ptr[-1] >= 2**31 or m_idptr[-1] >= 2**31:
+            raise GlUnavailable("vessel chords too large for 32-bit texture indices")
+        width = 4096
+        ptr = np.zeros((max(1, (len(s_ptr) + width - 1) // width) * width, 2), np.int32)
+        ptr[:len(s_ptr), 0], ptr[:len(s_ptr), 1] = s_ptr, m_ptr
+        tex = [("ptr", self._texture(ptr.reshape(-1, width, 2), GL.GL_RG32I, GL.GL_RG_INTEGER, GL.GL_INT), False),
+               ("single", self._pairs(s_id, s_len), False),
+               ("mptr", self._rows(m_idptr, "i"), False), ("mlen", self._rows(m_len, "f"), False),
+               ("mids", self._rows(m_ids, "i"), False)]
+        if len(self._chord_tex) >= 4:
+            old = self._chord_tex.pop(next(iter(self._chord_tex)))
+            GL.glDeleteTextures([t for _, t, _ in old[1]])
+        self._chord_tex[id(vc)] = (vc, tex)
+        return tex
+
     def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
-        """Iodine through the union of the vessel capsules, in GLSL (blobs: the shared CPU path)."""
+        """Iodine through the union of the vessel capsules, in GLSL (blobs: the shared CPU path).
+
+        As the CPU renderer: rays cast directly while the view is new, then the view's
+        chords (built once on the CPU) re-weighted in a fragment shader.
+        """
         t = scene.tree
         c = scene.iodine_mg_ml
         keep = c > 0
         out = blob_integrals(scene, plane, e_kev)
         if not np.any(keep):
             return out
-        mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c[keep]
+        mu_i = linear_attenuation_per_mm("iodine", e_kev, 1e-3)
+        vc = self.vessel_chords(scene, plane)
+        if vc is not None:
+            tex = self._chord_textures(vc)
+            mu = self._rows(mu_i * np.maximum(c, 0.0), "f")
+            return out + self._draw(self._prog_chords, plane, [*tex, ("mu", mu, True)], {})
+        mu = mu_i * c[keep]
         r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
         return out + self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, np.ones(len(r)), True)
 

@@ -259,25 +259,44 @@ def cylinder_chord(ox, oy, oz, dx, dy, dz, ax, ay, az, bx, by, bz, r):  # pragma
     return t1 - t0 if t1 > t0 else 0.0
 
 
-@nb.njit(cache=True)
-def _tube_sum_kernel(src, det0, du, dv, n, ks, a, b, r, mu, bbox, out):  # pragma: no cover
-    for s in range(a.shape[0]):
-        k = ks[s]
-        inv = 1.0 / (k * k)
-        for row in range(bbox[s, 2], bbox[s, 3]):
-            for col in range(bbox[s, 0], bbox[s, 1]):
-                acc = 0.0
-                for si in range(k):
-                    fr = row + (si + 0.5) / k
-                    for sj in range(k):
-                        fc = col + (sj + 0.5) / k
-                        dx = det0[0] + fc * du[0] + fr * dv[0] - src[0]
-                        dy = det0[1] + fc * du[1] + fr * dv[1] - src[1]
-                        dz = det0[2] + fc * du[2] + fr * dv[2] - src[2]
-                        nn = np.sqrt(dx * dx + dy * dy + dz * dz)
-                        acc += cylinder_chord(src[0], src[1], src[2], dx / nn, dy / nn, dz / nn,
-                                              a[s, 0], a[s, 1], a[s, 2], b[s, 0], b[s, 1], b[s, 2], r[s])
-                out[row, col] += mu[s] * acc * inv
+@nb.njit(cache=True, parallel=True)
+def _tube_sum_kernel(src, det0, du, dv, n, ks, a, b, r, mu, bbox, ends, reach, bands, out):  # pragma: no cover
+    """Rows dealt out to the threads in turn (each pixel has one writer, and adds its
+    segments in the same order whatever the thread count); in each segment's box, pixels
+    farther from its projected axis than its reach are skipped."""
+    for band in nb.prange(bands):
+        for s in range(a.shape[0]):
+            row0 = bbox[s, 2] + (band - bbox[s, 2]) % bands
+            row1 = bbox[s, 3]
+            if row1 <= row0:
+                continue
+            k = ks[s]
+            inv = 1.0 / (k * k)
+            ax, ay, bx, by = ends[s, 0], ends[s, 1], ends[s, 2], ends[s, 3]
+            ex, ey = bx - ax, by - ay
+            ee = ex * ex + ey * ey
+            lim = (reach[s] + 0.75) ** 2
+            for row in range(row0, row1, bands):
+                for col in range(bbox[s, 0], bbox[s, 1]):
+                    # distance from the pixel centre to the projected axis, pixels
+                    qx, qy = col + 0.5 - ax, row + 0.5 - ay
+                    t = (qx * ex + qy * ey) / ee if ee > 0.0 else 0.0
+                    t = min(max(t, 0.0), 1.0)
+                    fx, fy = qx - t * ex, qy - t * ey
+                    if fx * fx + fy * fy > lim:
+                        continue
+                    acc = 0.0
+                    for si in range(k):
+                        fr = row + (si + 0.5) / k
+                        for sj in range(k):
+                            fc = col + (sj + 0.5) / k
+                            dx = det0[0] + fc * du[0] + fr * dv[0] - src[0]
+                            dy = det0[1] + fc * du[1] + fr * dv[1] - src[1]
+                            dz = det0[2] + fc * du[2] + fr * dv[2] - src[2]
+                            nn = np.sqrt(dx * dx + dy * dy + dz * dz)
+                            acc += cylinder_chord(src[0], src[1], src[2], dx / nn, dy / nn, dz / nn,
+                                                  a[s, 0], a[s, 1], a[s, 2], b[s, 0], b[s, 1], b[s, 2], r[s])
+                    out[row, col] += mu[s] * acc * inv
 
 
 def tube_sum_integrals(
@@ -297,48 +316,75 @@ def tube_sum_integrals(
     b = np.ascontiguousarray(b, dtype=np.float64)
     r = np.ascontiguousarray(np.broadcast_to(r, (len(a),)), dtype=np.float64)
     mu = np.ascontiguousarray(np.broadcast_to(mu, (len(a),)), dtype=np.float64)
-    bbox = _bboxes(plane, a, b, r)
+    pa, za = plane.project(a)
+    pb, zb = plane.project(b)
+    bbox = _bboxes(plane, a, b, r, (pa, za, pb, zb))
+    zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
+    reach = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5  # projected radius with margin, as the boxes
+    ends = np.ascontiguousarray(np.concatenate([pa, pb], axis=1), dtype=np.float64)
     # rays per pixel per tube: thin tubes (projected radius under 1.5 px) get `supersample`,
     # thicker ones fewer (their chord varies slowly across a pixel)
-    _, za = plane.project(a)
     r_px = r * plane.sid_mm / np.maximum(za, 1.0) / plane.pixel_mm
     ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, int(supersample))).astype(np.int64)
     det0 = plane.detector_centre_mm - (n / 2.0) * plane.pixel_mm * (plane.u + plane.v)
     _tube_sum_kernel(plane.source_mm, det0, plane.u * plane.pixel_mm, plane.v * plane.pixel_mm, n,
-                     ks, a, b, r, mu, bbox, out)
+                     ks, a, b, r, mu, bbox, ends, reach, nb.get_num_threads(), out)
     return out
 
 
-@nb.njit(cache=True, parallel=False)
-def _ellipsoid_kernel(src, det0, du, dv, n, centres, inv_axes, mu, out):  # pragma: no cover
+@nb.njit(cache=True, parallel=True)
+def _ellipsoid_kernel(src, det0, du, dv, centres, inv_axes, mu, bbox, bands, out):  # pragma: no cover
+    """Each ellipsoid over the pixels of its projected box; rows dealt out to the threads in
+    turn (one writer per pixel, ellipsoids added in order whatever the thread count)."""
     K = centres.shape[0]
-    for row in range(n):
-        for col in range(n):
-            px = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0]
-            py = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1]
-            pz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2]
-            dx, dy, dz = px - src[0], py - src[1], pz - src[2]
-            norm = np.sqrt(dx * dx + dy * dy + dz * dz)
-            dx /= norm
-            dy /= norm
-            dz /= norm
-            acc = 0.0
-            for k in range(K):
-                ox, oy, oz = src[0] - centres[k, 0], src[1] - centres[k, 1], src[2] - centres[k, 2]
-                # map into the unit sphere frame: q = M (o - c), e = M d, M = diag(1/abc) R^T
-                qx = inv_axes[k, 0, 0] * ox + inv_axes[k, 0, 1] * oy + inv_axes[k, 0, 2] * oz
-                qy = inv_axes[k, 1, 0] * ox + inv_axes[k, 1, 1] * oy + inv_axes[k, 1, 2] * oz
-                qz = inv_axes[k, 2, 0] * ox + inv_axes[k, 2, 1] * oy + inv_axes[k, 2, 2] * oz
-                ex = inv_axes[k, 0, 0] * dx + inv_axes[k, 0, 1] * dy + inv_axes[k, 0, 2] * dz
-                ey = inv_axes[k, 1, 0] * dx + inv_axes[k, 1, 1] * dy + inv_axes[k, 1, 2] * dz
-                ez = inv_axes[k, 2, 0] * dx + inv_axes[k, 2, 1] * dy + inv_axes[k, 2, 2] * dz
-                A = ex * ex + ey * ey + ez * ez
-                B = qx * ex + qy * ey + qz * ez
-                C = qx * qx + qy * qy + qz * qz - 1.0
-                disc = B * B - A * C
-                if disc > 0.0:
-                    acc += mu[k] * 2.0 * np.sqrt(disc) / A
-            out[row, col] = acc
+    for band in nb.prange(bands):
+        for k in range(K):
+            row0 = bbox[k, 2] + (band - bbox[k, 2]) % bands
+            for row in range(row0, bbox[k, 3], bands):
+                for col in range(bbox[k, 0], bbox[k, 1]):
+                    px = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0]
+                    py = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1]
+                    pz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2]
+                    dx, dy, dz = px - src[0], py - src[1], pz - src[2]
+                    norm = np.sqrt(dx * dx + dy * dy + dz * dz)
+                    dx /= norm
+                    dy /= norm
+                    dz /= norm
+                    ox, oy, oz = src[0] - centres[k, 0], src[1] - centres[k, 1], src[2] - centres[k, 2]
+                    # map into the unit sphere frame: q = M (o - c), e = M d, M = diag(1/abc) R^T
+                    qx = inv_axes[k, 0, 0] * ox + inv_axes[k, 0, 1] * oy + inv_axes[k, 0, 2] * oz
+                    qy = inv_axes[k, 1, 0] * ox + inv_axes[k, 1, 1] * oy + inv_axes[k, 1, 2] * oz
+                    qz = inv_axes[k, 2, 0] * ox + inv_axes[k, 2, 1] * oy + inv_axes[k, 2, 2] * oz
+                    ex = inv_axes[k, 0, 0] * dx + inv_axes[k, 0, 1] * dy + inv_axes[k, 0, 2] * dz
+                    ey = inv_axes[k, 1, 0] * dx + inv_axes[k, 1, 1] * dy + inv_axes[k, 1, 2] * dz
+                    ez = inv_axes[k, 2, 0] * dx + inv_axes[k, 2, 1] * dy + inv_axes[k, 2, 2] * dz
+                    A = ex * ex + ey * ey + ez * ez
+                    B = qx * ex + qy * ey + qz * ez
+                    C = qx * qx + qy * qy + qz * qz - 1.0
+                    disc = B * B - A * C
+                    if disc > 0.0:
+                        out[row, col] += mu[k] * 2.0 * np.sqrt(disc) / A
+
+
+def _ellipsoid_boxes(plane: CArmPlane, centres: np.ndarray, semi_axes: np.ndarray) -> np.ndarray:
+    """Pixel boxes (col0, col1, row0, row1), half-open, that contain each ellipsoid's projection.
+
+    The ellipsoid lies in the cube of its largest semi-axis around its centre; the cube is
+    convex, so (all corners in front of the focal spot) its projection lies in the hull of
+    its 8 projected corners. A cube reaching behind the focal spot gets the whole image.
+    """
+    n = plane.matrix
+    R = semi_axes.max(axis=1)
+    corners = centres[:, None, :] + R[:, None, None] * np.array(
+        [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], dtype=np.float64)[None]
+    p, z = plane.project(corners.reshape(-1, 3))
+    p = p.reshape(-1, 8, 2)
+    z = z.reshape(-1, 8)
+    lo = np.clip(np.floor(p.min(axis=1)) - 1, 0, n).astype(np.int64)
+    hi = np.clip(np.ceil(p.max(axis=1)) + 2, 0, n).astype(np.int64)
+    behind = (z <= 1.0).any(axis=1)
+    lo[behind], hi[behind] = 0, n
+    return np.ascontiguousarray(np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], axis=1))
 
 
 def ellipsoid_integrals(
@@ -360,7 +406,8 @@ def ellipsoid_integrals(
         (np.transpose(rotations, (0, 2, 1)) / semi_axes[:, :, None]).astype(np.float64))
     det0 = plane.detector_centre_mm - (n / 2.0) * plane.pixel_mm * (plane.u + plane.v)
     out = np.zeros((n, n))
-    _ellipsoid_kernel(plane.source_mm, det0, plane.u * plane.pixel_mm, plane.v * plane.pixel_mm, n,
-                      np.ascontiguousarray(centres, dtype=np.float64), inv,
-                      np.ascontiguousarray(mu, dtype=np.float64), out)
+    centres = np.ascontiguousarray(centres, dtype=np.float64)
+    bbox = _ellipsoid_boxes(plane, centres, np.asarray(semi_axes, dtype=np.float64))
+    _ellipsoid_kernel(plane.source_mm, det0, plane.u * plane.pixel_mm, plane.v * plane.pixel_mm,
+                      centres, inv, np.ascontiguousarray(mu, dtype=np.float64), bbox, nb.get_num_threads(), out)
     return out

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from iratrainer.imaging.chords import VesselChords
 from iratrainer.imaging.detector import detect
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.raycast import capsule_union_integrals, ellipsoid_integrals, tube_sum_integrals
@@ -114,7 +115,11 @@ def blob_integrals(scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
 
 
 class CpuRenderer:
-    """Line integrals on the CPU; caches the background per geometry and energy.
+    """Line integrals on the CPU; caches the background and the vessel chords per view.
+
+    The iodine image re-weights the cached :class:`~iratrainer.imaging.chords.VesselChords`
+    of the view with each frame's concentrations; while the view is new (C-arm, table or
+    zoom moving) the rays are cast directly (see :meth:`vessel_chords`).
 
     Args:
         vessel_supersample, device_supersample: rays per pixel along each axis for the
@@ -127,6 +132,29 @@ class CpuRenderer:
         self.vessel_supersample = vessel_supersample
         self.device_supersample = device_supersample
         self._bg_cache: dict[tuple[object, ...], np.ndarray] = {}
+        self._chords: dict[tuple[object, ...], tuple[object, VesselChords]] = {}
+        self._last_view: dict[str, tuple[object, ...]] = {}
+
+    def vessel_chords(self, scene: Scene, plane: CArmPlane) -> VesselChords | None:
+        """The view's vessel chords, or None while the view is new.
+
+        A view seen for the first time (the C-arm or the table moving) is rendered by
+        casting the rays directly; the chords are built at its second frame (the C-arm
+        has stopped) and re-weighted from then on. A few views are kept (biplane pairs).
+        """
+        t = scene.tree
+        key = (plane.key(), self.vessel_supersample, id(t))
+        hit = self._chords.get(key)
+        if hit is not None and hit[0] is t:
+            return hit[1]
+        if self._last_view.get(plane.name) != key:
+            self._last_view[plane.name] = key
+            return None
+        vc = VesselChords(plane, t.seg_a, t.seg_b, 0.5 * (t.seg_ra + t.seg_rb), self.vessel_supersample)
+        if len(self._chords) >= 4:
+            self._chords.pop(next(iter(self._chords)))
+        self._chords[key] = (t, vc)
+        return vc
 
     def background(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """The phantom's line integral (cached)."""
@@ -146,14 +174,17 @@ class CpuRenderer:
 
     def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Iodine line integral through the union of vessel tubes."""
-        t = scene.tree
         c = scene.iodine_mg_ml
         out = blob_integrals(scene, plane, e_kev)
         if not np.any(c > 0):
             return out
-        mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * c  # per mg/mL
-        r = 0.5 * (t.seg_ra + t.seg_rb)
-        return out + capsule_union_integrals(plane, t.seg_a, t.seg_b, r, mu, self.vessel_supersample)
+        mu = linear_attenuation_per_mm("iodine", e_kev, 1e-3) * np.maximum(c, 0.0)  # per mg/mL
+        vc = self.vessel_chords(scene, plane)
+        if vc is not None:
+            return out + vc.integrals(mu)
+        t = scene.tree
+        return out + capsule_union_integrals(plane, t.seg_a, t.seg_b, 0.5 * (t.seg_ra + t.seg_rb), mu,
+                                             self.vessel_supersample)
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Sum over devices of their attenuation."""
