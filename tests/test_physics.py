@@ -302,3 +302,77 @@ def test_an_outer_catheter_advances_over_the_devices_inside_it():
         st.step({n: HubCommand(30.0, 0.0) for n in names})
     assert [r.inserted_mm for r in st.rods] == pytest.approx([95.0, 155.0, 180.0], abs=0.5)
     assert not any("does not advance" in line for line in st.log)
+
+
+# ---------------------------------------------------------------- the atlas carotid
+def _carotid_tree():
+    """The atlas's left carotid territory, entered from below through a straight 60 mm sheath
+    in line with the CCA (a device at ``ACCESS``'s end climbs into the CCA with the flow)."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.anatomy.tree import Branch, VesselTree
+
+    atlas = build_atlas()
+    cca = atlas["L_CCA"]
+    d0 = cca.points_mm[0] - cca.points_mm[1]
+    d0 /= np.linalg.norm(d0)
+    acc = cca.points_mm[0] + np.arange(1, 61)[:, None] * d0[None]
+    branches = [Branch("L_CCA", None, 0, cca.points_mm, cca.radii_mm)]
+    for label in ("L_ECA", "L_ICA", "L_OPH", "L_PCOM", "L_MCA_M1", "L_ACA_A1"):
+        b = atlas[label]
+        branches.append(Branch(label, b.parent, b.parent_index, b.points_mm, b.radii_mm))
+    branches.append(Branch("ACCESS", "L_CCA", 0, np.vstack([cca.points_mm[:1], acc]), np.full(61, cca.radii_mm[0])))
+    tree = VesselTree(branches)
+    ica, oph = atlas["L_ICA"], atlas["L_OPH"]
+    path = np.vstack([acc[::-1], cca.points_mm, ica.points_mm[1:]])
+    s_bif = 60.0 + cca.arc_mm[-1]
+    return tree, path, s_bif, s_bif + ica.arc_mm[oph.parent_index]
+
+
+def _turn_then_advance(st, name: str, turn_deg: float, advance_mm: float, speed: float) -> None:
+    for _ in range(int(turn_deg / 180.0 / st.dt)):
+        st.step({name: HubCommand(0.0, 180.0)})
+    for _ in range(200):
+        st.step()
+    for _ in range(int(advance_mm / speed / st.dt)):
+        st.step({name: HubCommand(speed, 0.0)})
+
+
+def test_a_shaped_catheter_over_a_wire_at_rest_presses_the_wall_with_no_spurious_force():
+    """A 5F vertebral catheter over a 0.035 in wire, left alone in the CCA: its wall force stays a
+    fraction of a newton (the split solve of the devices and their links reported 120 N here)."""
+    tree, path, s_bif, _ = _carotid_tree()
+    c = default_catalogue()
+    st = DeviceStack(tree, [c["vertebral_5F"], c["guidewire_035_angled"]], access_label="ACCESS",
+                     inserted_mm=[s_bif - 25.0, s_bif - 20.0], path_mm=path)
+    worst = 0.0
+    for _ in range(400):
+        st.step()
+        worst = max(worst, max(float(np.max(f)) for f in st.wall_force))
+    assert worst < 0.5
+    assert not [e for e in st.events if e.kind in ("perforation", "dissection")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("turn_deg", "expected"), [(0, "L_ECA"), (90, "L_ICA")])
+def test_the_wire_tip_orientation_chooses_ica_or_eca_at_the_atlas_bifurcation(turn_deg, expected):
+    tree, path, s_bif, _ = _carotid_tree()
+    c = default_catalogue()
+    wire = c["guidewire_035_angled"]
+    st = DeviceStack(tree, [c["vertebral_5F"], wire], access_label="ACCESS",
+                     inserted_mm=[s_bif - 25.0, s_bif - 20.0], path_mm=path)
+    _turn_then_advance(st, wire.name, turn_deg, 50.0, 20.0)
+    assert st.tip_branch() == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("turn_deg", "slips"), [(0, True), (180, False)])
+def test_a_microwire_turned_towards_the_ophthalmic_origin_slips_into_it(turn_deg, slips):
+    """In the ICA siphon a 45-degree microwire tip facing the ophthalmic origin enters it; turned
+    away it passes on (here into the posterior communicating artery, another wrong way)."""
+    tree, path, _, s_oph = _carotid_tree()
+    c = default_catalogue()
+    mw = c["microwire_014"]
+    st = DeviceStack(tree, [c["microcatheter_021"], mw], access_label="ACCESS",
+                     inserted_mm=[s_oph - 15.0, s_oph - 8.0], path_mm=path)
+    _turn_then_advance(st, mw.name, turn_deg, 25.0, 10.0)
+    assert (st.tip_branch() == "L_OPH") == slips

@@ -9,7 +9,12 @@ minimised over the node positions with Gauss-Newton steps
 couples nodes c-1..c+1, so with 3 unknowns per node the matrix is banded with
 half-bandwidth 8: the banded Cholesky costs about 200·N operations, five times less
 than the dual form with its five multipliers per node. Wall contact is a one-sided
-penalty (active while violated), whose force ``C / α`` is the wall force in newtons.
+penalty (active while violated), whose force ``C / α`` is the wall force in newtons,
+solved as an active set: a plane the Newton step would carry a node across joins the
+model as reached and the step is solved again (without it, the step ignored the plane,
+the node landed deep in the wall, and the penalty reported tens of newtons for a
+fraction of a millimetre of overshoot). Coaxial links to the devices around and inside
+this one are part of the same energy (see :func:`solve_chain_primal`).
 The result at convergence is the XPBD fixed point (Macklin et al. 2016: XPBD is a
 Gauss-Seidel solve of the same optimality conditions).
 
@@ -23,9 +28,12 @@ import numpy as np
 
 from iratrainer.physics.chain import _cholesky_band_solve
 
-__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND"]
+__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS"]
 
 PRIMAL_HALF_BAND = 8
+#: the link arguments of :func:`solve_chain_primal` for a device alone
+NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
+            np.zeros(0), 0.0)
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
@@ -81,12 +89,19 @@ def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
-                       max_step, force):  # pragma: no cover - numba
+                       max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
     ``w``: inverse masses (0 = kinematic); ``x_pred``: inertial prediction; other arrays as in
     :func:`iratrainer.physics.chain.solve_chain` (``s_alpha`` stretch compliance mm/N,
     ``c_alpha`` wall compliance mm/N).
+
+    Coaxial links (M rows): the point ``p = w1·x[i1] + w2·x[i2]`` (``i2 < 0``: ``x[i1]``
+    alone) must stay within ``gap`` mm of the fixed point ``t`` (the other device's axis
+    or node) across the outer device's axis direction ``tan`` (sliding along it is free),
+    a one-sided penalty ``k_link/2 · max(|P (p - t)| - gap, 0)²`` (N/mm): the device
+    is solved knowing where the devices around it, or inside it, are. Links join
+    neighbouring nodes only, so the matrix stays banded.
     """
     N = x.shape[0]
     n = 3 * N
@@ -104,6 +119,8 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     B = np.empty((3, 3))
     ks = 1.0 / s_alpha if s_alpha > 0.0 else 1e9
     kc = 1.0 / c_alpha if c_alpha > 0.0 else 1e9
+    g2 = np.zeros(n)
+    active = np.zeros(N, dtype=np.bool_)
     for k in range(N):
         force[k] = 0.0
     for _it in range(n_iter):
@@ -169,18 +186,46 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                     ni = c + 1 - p
                     for a in range(3):
                         g[3 * ni + a] += kbend * Cq * G[q, p, a]
-        # wall contact (one-sided penalty)
-        for k in range(N):
-            if not c_on[k] or w[k] == 0.0:
-                continue
-            Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]
-            if Cc <= 0.0:
-                continue
-            for a in range(3):
-                for b in range(3):
-                    B[a, b] = c_n[k, a] * c_n[k, b]
-                g[3 * k + a] += kc * Cc * c_n[k, a]
-            _add_block(H, k, k, B, bw, kc)
+        # coaxial links: ½ k |P (p - t)|² beyond the play, P = I - τ τᵀ the projection across
+        # the outer device's axis (the inner device slides freely along it); its Hessian k·P
+        # in full even inside the play (a Newton model without it would throw the node across
+        # the lumen in one step)
+        for m in range(l_i1.shape[0]):
+            i1 = l_i1[m]
+            i2 = l_i2[m]
+            w1 = l_w1[m]
+            w2 = l_w2[m] if i2 >= 0 else 0.0
+            d0 = w1 * x[i1, 0] - l_t[m, 0]
+            d1 = w1 * x[i1, 1] - l_t[m, 1]
+            d2 = w1 * x[i1, 2] - l_t[m, 2]
+            if i2 >= 0:
+                d0 += w2 * x[i2, 0]
+                d1 += w2 * x[i2, 1]
+                d2 += w2 * x[i2, 2]
+            t0, t1, t2 = l_tan[m, 0], l_tan[m, 1], l_tan[m, 2]
+            dt_ = d0 * t0 + d1 * t1 + d2 * t2
+            d0 -= dt_ * t0
+            d1 -= dt_ * t1
+            d2 -= dt_ * t2
+            Ld = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+            Cl = max(Ld - l_gap[m], 0.0)
+            f = k_link * Cl / Ld if Ld > 1e-12 else 0.0  # gradient k·C·u = f·(P d)
+            B[0, 0], B[0, 1], B[0, 2] = 1.0 - t0 * t0, -t0 * t1, -t0 * t2
+            B[1, 0], B[1, 1], B[1, 2] = -t1 * t0, 1.0 - t1 * t1, -t1 * t2
+            B[2, 0], B[2, 1], B[2, 2] = -t2 * t0, -t2 * t1, 1.0 - t2 * t2
+            _add_block(H, i1, i1, B, bw, k_link * w1 * w1)
+            g[3 * i1] += f * w1 * d0
+            g[3 * i1 + 1] += f * w1 * d1
+            g[3 * i1 + 2] += f * w1 * d2
+            if i2 >= 0:
+                _add_block(H, i2, i2, B, bw, k_link * w2 * w2)
+                if i2 > i1:
+                    _add_block(H, i1, i2, B, bw, k_link * w1 * w2)
+                elif i2 < i1:
+                    _add_block(H, i2, i1, B, bw, k_link * w1 * w2)
+                g[3 * i2] += f * w2 * d0
+                g[3 * i2 + 1] += f * w2 * d1
+                g[3 * i2 + 2] += f * w2 * d2
         # kinematic nodes: no motion
         for k in range(N):
             if w[k] == 0.0:
@@ -193,14 +238,50 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                     # clear the coupling columns of other rows
                     for rr in range(max(0, r - bw), r):
                         H[rr, r - rr + bw] = 0.0
-        # mirror the upper band into the lower half for the solver
+        # wall contact, an active-set Newton step: the planes already crossed, then any plane
+        # the step would carry a node across, modelled as reached (½ kc (n·x - d)², which is
+        # the energy if the node ends beyond it), and the step solved again
+        for k in range(N):
+            active[k] = False
+            if c_on[k] and w[k] > 0.0:
+                Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]
+                active[k] = Cc > 0.0
+        # the lower band from the upper once (the Cholesky reads the lower triangle); each pass
+        # adds the active walls' diagonal blocks to it and takes them back after the solve
         for r in range(n):
             for c2 in range(r + 1, min(n, r + bw + 1)):
                 H[c2, r - c2 + bw] = H[r, c2 - r + bw]
-        for r in range(n):
-            g[r] = -g[r]
-        _cholesky_band_solve(H, g, n, bw, Lf)
-        dx = g
+        for _as in range(4):
+            for r in range(n):
+                g2[r] = g[r]
+            for k in range(N):
+                if not active[k]:
+                    continue
+                Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]
+                for a in range(3):
+                    g2[3 * k + a] += kc * Cc * c_n[k, a]
+                    for b in range(a + 1):
+                        H[3 * k + a, b - a + bw] += kc * c_n[k, a] * c_n[k, b]
+            for r in range(n):
+                g2[r] = -g2[r]
+            _cholesky_band_solve(H, g2, n, bw, Lf)
+            for k in range(N):
+                if active[k]:
+                    for a in range(3):
+                        for b in range(a + 1):
+                            H[3 * k + a, b - a + bw] -= kc * c_n[k, a] * c_n[k, b]
+            more = False
+            for k in range(N):
+                if active[k] or not c_on[k] or w[k] == 0.0:
+                    continue
+                Cn = (c_n[k, 0] * (x[k, 0] + g2[3 * k]) + c_n[k, 1] * (x[k, 1] + g2[3 * k + 1])
+                      + c_n[k, 2] * (x[k, 2] + g2[3 * k + 2]) - c_d[k])
+                if Cn > 0.0:
+                    active[k] = True
+                    more = True
+            if not more:
+                break
+        dx = g2
         big = 0.0
         for k in range(N):
             mm = np.sqrt(dx[3 * k] ** 2 + dx[3 * k + 1] ** 2 + dx[3 * k + 2] ** 2)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numba as nb
 import numpy as np
@@ -32,7 +33,7 @@ from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
 from iratrainer.physics.catalogue import DeviceSpec
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
-from iratrainer.physics.primal import solve_chain_primal
+from iratrainer.physics.primal import NO_LINKS, solve_chain_primal
 from iratrainer.physics.solver import solve as solve_links
 
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
@@ -232,7 +233,7 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt, max_step,
-                   mu):  # pragma: no cover - numba
+                   mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
     """One device's solve with its wall: planes, Gauss-Newton, Coulomb friction, restoration.
 
     Every free node carries its wall plane (inactive unless violated), so a node that moves
@@ -240,7 +241,9 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
     (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
     wall measured from the start of the step ``x0``; one more pass restores the
     constraints. ``r_dev`` (N,) is each node's clearance from the wall: the device's own
-    radius, or the radius of the catheter it runs in. Returns the wall force per node (N).
+    radius, or the radius of the catheter it runs in. ``l_*``: the coaxial links to the
+    devices around and inside this one (see :func:`solve_chain_primal`). Returns the wall
+    force per node (N).
     """
     N = x.shape[0]
     n = np.empty((N, 3))
@@ -259,7 +262,7 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
                       + max(R[k] - r_dev[k], 0.05))
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
-                       force)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link)
     # friction against the start of the step
     for k in range(N - 2):
         if force[k] == 0.0:
@@ -280,8 +283,54 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
         x[k, 2] -= f * t2
     # friction moved nodes along the wall: restore the constraints (one more pass)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
-                       np.zeros(N))
+                       np.zeros(N), l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link)
     return force
+
+
+@nb.njit(cache=True)
+def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, play2):  # pragma: no cover
+    """Link rows of one device (see :meth:`DeviceStack._link_rows`): first as the inner device
+    (its nodes ``ks`` to the axis of the device around it, ``xo``, edges ``o1``-``o2`` at
+    ``beta``), then as the outer one (its edges ``p1``-``p2`` at ``beta2`` to the inner
+    device's nodes ``ks2`` of ``xi``). The axis direction of each link is the outer edge's."""
+    m1 = ks.shape[0]
+    m = m1 + ks2.shape[0]
+    i1 = np.empty(m, np.int64)
+    i2 = np.empty(m, np.int64)
+    w1 = np.empty(m)
+    w2 = np.empty(m)
+    t = np.empty((m, 3))
+    tan = np.empty((m, 3))
+    gap = np.empty(m)
+    for r in range(m):
+        if r < m1:
+            a, b, be, X, gp = o1[r], o2[r], beta[r], xo, play
+        else:
+            q = r - m1
+            a, b, be, X, gp = p1[q], p2[q], beta2[q], xk, play2
+        ea = max(a - 1, 0) if a == b else a
+        tv0 = X[b, 0] - X[ea, 0]
+        tv1 = X[b, 1] - X[ea, 1]
+        tv2 = X[b, 2] - X[ea, 2]
+        nn = max(np.sqrt(tv0 * tv0 + tv1 * tv1 + tv2 * tv2), 1e-12)
+        tan[r, 0], tan[r, 1], tan[r, 2] = tv0 / nn, tv1 / nn, tv2 / nn
+        gap[r] = gp
+        if r < m1:
+            i1[r] = ks[r]
+            i2[r] = -1
+            w1[r] = 1.0
+            w2[r] = 0.0
+            for c in range(3):
+                t[r, c] = (1.0 - be) * xo[a, c] + be * xo[b, c]
+        else:
+            q = r - m1
+            if a == b:
+                i1[r], i2[r], w1[r], w2[r] = a, -1, 1.0, 0.0
+            else:
+                i1[r], i2[r], w1[r], w2[r] = a, b, 1.0 - be, be
+            for c in range(3):
+                t[r, c] = xi[ks2[q], c]
+    return i1, i2, w1, w2, t, tan, gap
 
 
 class Rod:
@@ -468,6 +517,9 @@ class DeviceStack:
         self.solver = solver
         #: wall compliance, mm/N (1 / 200 N/mm: a stiff arterial wall against a device)
         self.wall_compliance_mm_n = 1.0 / 200.0
+        #: stiffness of the coaxial links inside each device's solve, N/mm (stiffer than any
+        #: device's bending over a node spacing, softer than would spoil the conditioning)
+        self.link_stiffness = 1000.0
         #: largest node displacement per Gauss-Newton iteration, mm (a trust region: the wall
         #: planes are linearised, so a node must not travel far along one in a single step)
         self.max_step_mm = 1.0
@@ -538,8 +590,9 @@ class DeviceStack:
             rod.x[:-2] += rod.damping * rod.v[:-2] * dt
         # one round: wall and rod constraints per device, then the coaxial links (whatever the
         # links leave unsatisfied is taken up by the next step's solve)
-        self._contacts_and_solve(x0, final=True)
-        self._coaxial()
+        pairs = self._link_pairs()  # the arcs do not change within the step
+        self._contacts_and_solve(x0, final=True, pairs=pairs)
+        self._coaxial(pairs)
         for k, rod in enumerate(self.rods):
             rod.v = (rod.x - x0[k]) / dt
             self._torsion(k)
@@ -565,11 +618,65 @@ class DeviceStack:
             out.append(r)
         return out
 
-    def _contacts_and_solve(self, x0: list[np.ndarray], final: bool) -> None:
+    def _link_pairs(self) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
+        """For each inner device j: (j, its nodes inside device j-1, the outer edge (o1, o2) and
+        fraction β where each sits, the play in mm). The outer chain runs up to its access
+        node (index n_material, kinematic): an inner node in the outer's access edge follows
+        that edge, not its last free node."""
+        out = []
+        for j in range(1, len(self.rods)):
+            inner, outer = self.rods[j], self.rods[j - 1]
+            a = inner.inserted_mm - inner.sigma  # arc from the access point
+            so = outer.inserted_mm - a
+            inside = (so >= 0.0) & (so <= outer.inserted_mm - 0.1)
+            if not np.any(inside):
+                continue
+            ks = np.nonzero(inside)[0]
+            K = outer.n_material
+            pos = np.interp(so[ks], np.r_[outer.sigma, outer.inserted_mm], np.arange(K + 1.0))
+            o1 = np.minimum(np.floor(pos).astype(np.int64), K)
+            o2 = np.minimum(o1 + 1, K)
+            beta = pos - o1
+            out.append((j, ks, o1, o2, beta, max(outer.spec.inner_radius_mm - inner.spec.outer_radius_mm, 0.0)))
+        return out
+
+    def _link_rows(self, k: int, pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]
+                   ) -> tuple[Any, ...]:
+        """Device k's link rows for :func:`solve_chain_primal`, against the current positions of
+        the device around it (its axis where each inside node sits) and of the device inside
+        it (each inner node, held by the outer edge it sits in)."""
+        empty_i = np.zeros(0, np.int64)
+        empty_f = np.zeros(0)
+        sides = []
+        for want in (k, k + 1):  # k as the inner device (its pair with k-1), then as the outer one
+            hit = next((p for p in pairs if p[0] == want), None)
+            if hit is None:
+                sides.append((np.zeros((1, 3)), empty_i, empty_i, empty_i, empty_f, 0.0))
+            else:
+                j, ks, o1, o2, beta, play = hit
+                other = self.rods[j - 1].x if want == k else self.rods[j].x
+                sides.append((other, ks, o1, o2, beta, play))
+        if len(sides[0][1]) == 0 and len(sides[1][1]) == 0:
+            return NO_LINKS
+        outer_x = sides[0][0] if len(sides[0][1]) else self.rods[k].x
+        return (*_link_rows_kernel(outer_x, sides[0][1], sides[0][2], sides[0][3], sides[0][4], sides[0][5],
+                                   self.rods[k].x, sides[1][0], sides[1][1], sides[1][2], sides[1][3], sides[1][4],
+                                   sides[1][5]), self.link_stiffness)
+
+    def _contacts_and_solve(self, x0: list[np.ndarray], final: bool,
+                            pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] | None = None
+                            ) -> None:
         allx = np.vstack([r.x for r in self.rods])
         q = self.tree.query(allx)
         clear = self._clearances()
+        if pairs is None:
+            pairs = self._link_pairs()
+        inside = [np.zeros(len(r.x), dtype=bool) for r in self.rods]
+        for j, ks, *_ in pairs:
+            inside[j][ks] = True
         off = 0
+        # outermost first: each device is solved against the devices around it as they now are
+        # and the devices inside it as they were (one Gauss-Seidel sweep over the stack per step)
         for k, rod in enumerate(self.rods):
             N = len(rod.x)
             sl = slice(off, off + N)
@@ -580,10 +687,14 @@ class DeviceStack:
             if self.solver == "primal":
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction)
+                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction,
+                                       *self._link_rows(k, pairs))
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
                                                  kb, alpha, rest)
+            # a node inside another device touches that device, not the vessel: the wall
+            # force there belongs to the outer device's node
+            force[inside[k]] = 0.0
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
@@ -618,33 +729,19 @@ class DeviceStack:
                     rod.stretch_compliance, self.wall_compliance_mm_n, 1.0)
         return force
 
-    def _coaxial(self) -> None:
+    def _coaxial(self, pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]) -> None:
         if len(self.rods) < 2:
             return
         offs = np.cumsum([0] + [len(r.x) for r in self.rods])
         allx = np.vstack([r.x for r in self.rods])
         w = np.concatenate([np.r_[np.full(len(r.x) - 2, 1.0 / r.mass_node), 0.0, 0.0] for r in self.rods])
         li, lo1, lo2, lb, lg = [], [], [], [], []
-        for j in range(1, len(self.rods)):
-            inner, outer = self.rods[j], self.rods[j - 1]
-            a = inner.inserted_mm - inner.sigma  # arc from the access point
-            so = outer.inserted_mm - a
-            inside = (so >= 0.0) & (so <= outer.inserted_mm - 0.1)
-            if not np.any(inside):
-                continue
-            ks = np.nonzero(inside)[0]
-            # over the whole outer chain up to its access node (index n_material, kinematic): an
-            # inner node in the outer's access edge follows that edge, not its last free node
-            K = outer.n_material
-            pos = np.interp(so[ks], np.r_[outer.sigma, outer.inserted_mm], np.arange(K + 1.0))
-            o1 = np.minimum(np.floor(pos).astype(np.int64), K)
-            o2 = np.minimum(o1 + 1, K)
-            beta = pos - o1
+        for j, ks, o1, o2, beta, play in pairs:
             li.append(offs[j] + ks)
             lo1.append(offs[j - 1] + o1)
             lo2.append(offs[j - 1] + o2)
             lb.append(beta)
-            lg.append(np.full(len(ks), max(outer.spec.inner_radius_mm - inner.spec.outer_radius_mm, 0.0)))
+            lg.append(np.full(len(ks), play))
         if not li:
             return
         e = np.zeros(0, np.int64)
