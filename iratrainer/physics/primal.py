@@ -31,6 +31,8 @@ from iratrainer.physics.chain import _cholesky_band_solve
 __all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS"]
 
 PRIMAL_HALF_BAND = 8
+MAX_ITERATIONS = 8
+CONVERGED_MM = 0.02  # largest node step of a converged Gauss-Newton iteration (4 N against the wall)
 #: the link arguments of :func:`solve_chain_primal` for a device alone
 NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
             np.zeros(0), 0.0)
@@ -123,7 +125,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     active = np.zeros(N, dtype=np.bool_)
     for k in range(N):
         force[k] = 0.0
-    for _it in range(n_iter):
+    for _it in range(max(n_iter, MAX_ITERATIONS)):
         H[:, :] = 0.0
         g[:] = 0.0
         # inertia
@@ -291,6 +293,11 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
         for k in range(N):
             for a in range(3):
                 x[k, a] += scale * dx[3 * k + a]
+        # at least n_iter iterations; more (to MAX_ITERATIONS) while nodes still move: a
+        # transient (a shaped tip freed by its wire) is not solved in two, and the wall force
+        # of an unconverged solve is the penalty of its overshoot, not the wall's reaction
+        if _it + 1 >= n_iter and big * scale < CONVERGED_MM:
+            break
     # wall forces at the final positions
     for k in range(N):
         if c_on[k] and w[k] > 0.0:
