@@ -52,6 +52,9 @@ class StackError(IratrainerError):
     """An impossible device stack (an inner device larger than the outer lumen, unknown device)."""
 
 
+REQUERY_MM = 1.0  # a node that moved farther in one solve gets its wall plane taken again
+
+
 @dataclass(frozen=True)
 class HubCommand:
     """What the hand does at one hub: advance (mm/s, < 0 retracts) and rotate (deg/s)."""
@@ -685,10 +688,19 @@ class DeviceStack:
             kb, alpha, _ = rod.rest_binormals()
             rest = rod.rest_lengths()
             if self.solver == "primal":
+                links = self._link_rows(k, pairs)
+                before = rod.x.copy()
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction,
-                                       *self._link_rows(k, pairs))
+                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
+                if float(np.max(np.linalg.norm(rod.x - before, axis=1))) > REQUERY_MM:
+                    # a snap-through: the device travelled beyond where its wall planes were taken;
+                    # take them again where it is now and solve once more
+                    q2 = self.tree.query(rod.x)
+                    R = q2.radius_mm
+                    force = _contact_solve(rod.x, x0[k], q2.closest_mm, R, clear[k], kb, alpha,
+                                           rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
+                                           self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
                                                  kb, alpha, rest)

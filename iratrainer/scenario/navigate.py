@@ -192,8 +192,9 @@ class _Operator:
         self.log: list[str] = []
         self._last_tip = self.lead.x[0].copy()
 
-    def set_lead(self, index: int, offsets_mm: list[float]) -> None:
-        """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``."""
+    def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
+        """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
+        (``None``: that hub is held still)."""
         self.lead_index = index
         self.lead = self.st.rods[index]
         self.offsets = list(offsets_mm)
@@ -205,7 +206,7 @@ class _Operator:
             lead_ins = self.lead.inserted_mm
             if all(abs(r.inserted_mm - (lead_ins + o)) < 1.0 for k, (r, o) in enumerate(zip(self.st.rods, self.offsets,
                                                                                          strict=True))
-                   if k != self.lead_index):
+                   if k != self.lead_index and o is not None):
                 return
             self.pulse()
 
@@ -238,6 +239,9 @@ class _Operator:
         cmds: dict[str, HubCommand] = {}
         for k, (rod, off) in enumerate(zip(self.st.rods, self.offsets, strict=True)):
             if k == self.lead_index:
+                continue
+            if off is None:
+                cmds[rod.name] = HubCommand(0.0, 0.0)
                 continue
             v = float(np.clip((lead_ins + off - rod.inserted_mm) / (steps * self.st.dt), -40.0, 40.0))
             cmds[rod.name] = HubCommand(v, 0.0)
@@ -292,10 +296,13 @@ class _Operator:
                 break
             self.pulse(sign * speed)
 
-    def hook(self, j: float, skip: int) -> bool:
+    def hook(self, j: float, skip: int, wire: int | None = None) -> bool:
         """Catch a branch that leaves backwards: go past it, point the tip along it, pull back slowly.
 
-        Returns True when the tip is seen going up the branch after the final push.
+        When the tip drops into the branch, the ``wire`` (when given) goes up the branch
+        through the engaged catheter, the catheter held (pushed itself, an engaged catheter
+        backs out of the ostium into the arch); otherwise the lead is pushed. Returns True
+        when the tip is seen going up the branch after the final push.
         """
         s, _ = self.where()
         self.advance_by(max(j - s, 0.0) + 15.0)
@@ -311,11 +318,23 @@ class _Operator:
                 self.log.append(f"t={self.st.time_s:.2f}s the tip dropped into the branch at {j:.0f} mm on the "
                                 "pull-back")
                 depth = self.route.depth(j)
-                self.advance_by(depth + 5.0, 10.0)
-                s3, off = self.where((-20.0, depth + 20.0))
-                if s3 > j + depth and not off:
-                    return True
-                break
+                if wire is None:
+                    self.advance_by(depth + 5.0, 10.0)
+                    s3, off = self.where((-20.0, depth + 20.0))
+                    return s3 > j + depth and not off
+                catheter, cat_offsets = self.lead_index, list(self.offsets)
+                held: list[float | None] = [None] * len(self.offsets)
+                self.set_lead(wire, held)
+                gap = self.st.rods[catheter].inserted_mm - self.lead.inserted_mm
+                self.advance_by(gap + depth + 20.0, 10.0)
+                s3, off = self.where((j - self.s - 30.0, depth + 60.0))
+                ok = s3 > j + depth and not off
+                self.log.append(f"t={self.st.time_s:.2f}s the wire {'went up' if ok else 'did not go up'} the branch "
+                                "through the engaged catheter")
+                if not ok:  # the wire back behind the catheter's curve
+                    self.advance_by(-(gap + depth + 20.0), 20.0)
+                self.set_lead(catheter, cat_offsets)
+                return ok
             if s2 < j - 12.0:
                 break
         return False
@@ -365,7 +384,7 @@ class _Operator:
                         self.set_lead(catheter, cat_offsets)
                         self.settle_offsets()
                     for k in range(self.max_attempts):
-                        if self.hook(nxt, k):
+                        if self.hook(nxt, k, wire if catheter is not None else None):
                             break
                         self.attempts += 1
                         self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not caught "
