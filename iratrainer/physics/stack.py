@@ -693,9 +693,12 @@ class DeviceStack:
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
-                if float(np.max(np.linalg.norm(rod.x - before, axis=1))) > REQUERY_MM:
+                for _ in range(4):
+                    if float(np.max(np.linalg.norm(rod.x - before, axis=1))) <= REQUERY_MM:
+                        break
                     # a snap-through: the device travelled beyond where its wall planes were taken;
                     # take them again where it is now and solve once more
+                    before = rod.x.copy()
                     q2 = self.tree.query(rod.x)
                     R = q2.radius_mm
                     force = _contact_solve(rod.x, x0[k], q2.closest_mm, R, clear[k], kb, alpha,
