@@ -23,45 +23,9 @@ import numba as nb
 import numpy as np
 
 from iratrainer.imaging.geometry import CArmPlane
-from iratrainer.imaging.raycast import _bboxes, capsule_chord
+from iratrainer.imaging.raycast import _bboxes, capsule_hits
 
 __all__ = ["VesselChords"]
-
-
-@nb.njit(cache=True)
-def _hits(src, det0, du, dv, n, a, b, r, bbox):  # pragma: no cover - numba
-    """Per pixel (CSR): the entry, exit and index of every capsule its ray crosses."""
-    npix = n * n
-    counts = np.zeros(npix + 1, np.int64)
-    for s in range(a.shape[0]):
-        for row in range(bbox[s, 2], bbox[s, 3]):
-            for col in range(bbox[s, 0], bbox[s, 1]):
-                counts[row * n + col + 1] += 1
-    for i in range(npix):
-        counts[i + 1] += counts[i]
-    total = counts[npix]
-    t_in = np.empty(total, np.float64)
-    t_out = np.empty(total, np.float64)
-    sid = np.empty(total, np.int32)
-    used = np.zeros(npix, np.int64)
-    for s in range(a.shape[0]):
-        for row in range(bbox[s, 2], bbox[s, 3]):
-            for col in range(bbox[s, 0], bbox[s, 1]):
-                px = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0]
-                py = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1]
-                pz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2]
-                dx, dy, dz = px - src[0], py - src[1], pz - src[2]
-                norm = np.sqrt(dx * dx + dy * dy + dz * dz)
-                hit, t0, t1 = capsule_chord(src[0], src[1], src[2], dx / norm, dy / norm, dz / norm,
-                                            a[s, 0], a[s, 1], a[s, 2], b[s, 0], b[s, 1], b[s, 2], r[s])
-                if hit:
-                    p = row * n + col
-                    k = counts[p] + used[p]
-                    t_in[k] = t0
-                    t_out[k] = t1
-                    sid[k] = s
-                    used[p] += 1
-    return counts, used, t_in, t_out, sid
 
 
 @nb.njit(cache=True)
@@ -185,7 +149,7 @@ class VesselChords:
             a, b, r = np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0)
         bbox = _bboxes(fine, a, b, r)
         det0 = fine.detector_centre_mm - (nf / 2.0) * fine.pixel_mm * (fine.u + fine.v)
-        counts, used, t_in, t_out, sid = _hits(fine.source_mm, det0, fine.u * fine.pixel_mm,
+        counts, used, t_in, t_out, sid = capsule_hits(fine.source_mm, det0, fine.u * fine.pixel_mm,
                                                fine.v * fine.pixel_mm, nf, a, b, r, bbox)
         self._lists = _pieces(nf * nf, counts, used, t_in, t_out, sid)
 

@@ -88,47 +88,58 @@ def capsule_chord(ox, oy, oz, dx, dy, dz, ax, ay, az, bx, by, bz, r):  # pragma:
 
 
 @nb.njit(cache=True)
-def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cover - numba
-    """Per pixel: the (entry, exit, μ) of every capsule in its box, merged (see the wrapper)."""
+def _pixel_ray(src, det0, du, dv, col, row):  # pragma: no cover - numba
+    """Unit direction from the focal spot through the centre of pixel (col, row)."""
+    dx = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0] - src[0]
+    dy = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1] - src[1]
+    dz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2] - src[2]
+    norm = np.sqrt(dx * dx + dy * dy + dz * dz)
+    return dx / norm, dy / norm, dz / norm
+
+
+@nb.njit(cache=True)
+def capsule_hits(src, det0, du, dv, n, a, b, r, bbox):  # pragma: no cover - numba
+    """Per pixel (CSR: ``used[p]`` entries from ``counts[p]``): the entry, exit and index of every
+    capsule the pixel's ray crosses, from the capsules' pixel boxes. Slots are reserved for
+    every box that covers the pixel; those past ``used[p]`` are left unset."""
     npix = n * n
-    # pass 1: count candidate pairs per pixel
     counts = np.zeros(npix + 1, np.int64)
-    S = a.shape[0]
-    for s in range(S):
-        c0, c1, r0, r1 = bbox[s, 0], bbox[s, 1], bbox[s, 2], bbox[s, 3]
-        for row in range(r0, r1):
-            for col in range(c0, c1):
+    for s in range(a.shape[0]):
+        for row in range(bbox[s, 2], bbox[s, 3]):
+            for col in range(bbox[s, 0], bbox[s, 1]):
                 counts[row * n + col + 1] += 1
     for i in range(npix):
         counts[i + 1] += counts[i]
     total = counts[npix]
     t_in = np.empty(total, np.float64)
     t_out = np.empty(total, np.float64)
-    m = np.empty(total, np.float64)
-    fill = counts[:npix].copy()
+    sid = np.empty(total, np.int32)
     used = np.zeros(npix, np.int64)
-    for s in range(S):
-        c0, c1, r0, r1 = bbox[s, 0], bbox[s, 1], bbox[s, 2], bbox[s, 3]
-        for row in range(r0, r1):
-            for col in range(c0, c1):
-                px = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0]
-                py = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1]
-                pz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2]
-                dx, dy, dz = px - src[0], py - src[1], pz - src[2]
-                norm = np.sqrt(dx * dx + dy * dy + dz * dz)
-                dx /= norm
-                dy /= norm
-                dz /= norm
+    for s in range(a.shape[0]):
+        for row in range(bbox[s, 2], bbox[s, 3]):
+            for col in range(bbox[s, 0], bbox[s, 1]):
+                dx, dy, dz = _pixel_ray(src, det0, du, dv, col, row)
                 hit, t0, t1 = capsule_chord(src[0], src[1], src[2], dx, dy, dz, a[s, 0], a[s, 1],
                                             a[s, 2], b[s, 0], b[s, 1], b[s, 2], r[s])
                 if hit:
                     p = row * n + col
-                    k = fill[p]
+                    k = counts[p] + used[p]
                     t_in[k] = t0
                     t_out[k] = t1
-                    m[k] = mu[s]
-                    fill[p] += 1
+                    sid[k] = s
                     used[p] += 1
+    return counts, used, t_in, t_out, sid
+
+
+@nb.njit(cache=True)
+def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cover - numba
+    """Per pixel: the (entry, exit, μ) of every capsule in its box, merged (see the wrapper)."""
+    npix = n * n
+    counts, used, t_in, t_out, sid = capsule_hits(src, det0, du, dv, n, a, b, r, bbox)
+    m = np.empty(t_in.shape[0], np.float64)
+    for p in range(npix):  # only the slots a hit filled (the others are unset)
+        for k in range(counts[p], counts[p] + used[p]):
+            m[k] = mu[sid[k]]
     out = np.zeros(npix, np.float64)
     for p in range(npix):
         k0 = counts[p]
@@ -342,14 +353,7 @@ def _ellipsoid_kernel(src, det0, du, dv, centres, inv_axes, mu, bbox, bands, out
             row0 = bbox[k, 2] + (band - bbox[k, 2]) % bands
             for row in range(row0, bbox[k, 3], bands):
                 for col in range(bbox[k, 0], bbox[k, 1]):
-                    px = det0[0] + (col + 0.5) * du[0] + (row + 0.5) * dv[0]
-                    py = det0[1] + (col + 0.5) * du[1] + (row + 0.5) * dv[1]
-                    pz = det0[2] + (col + 0.5) * du[2] + (row + 0.5) * dv[2]
-                    dx, dy, dz = px - src[0], py - src[1], pz - src[2]
-                    norm = np.sqrt(dx * dx + dy * dy + dz * dz)
-                    dx /= norm
-                    dy /= norm
-                    dz /= norm
+                    dx, dy, dz = _pixel_ray(src, det0, du, dv, col, row)
                     ox, oy, oz = src[0] - centres[k, 0], src[1] - centres[k, 1], src[2] - centres[k, 2]
                     # map into the unit sphere frame: q = M (o - c), e = M d, M = diag(1/abc) R^T
                     qx = inv_axes[k, 0, 0] * ox + inv_axes[k, 0, 1] * oy + inv_axes[k, 0, 2] * oz
