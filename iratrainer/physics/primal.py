@@ -91,12 +91,15 @@ def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
-                       max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
+                       max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
+                       max_travel=np.inf):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
     ``w``: inverse masses (0 = kinematic); ``x_pred``: inertial prediction; other arrays as in
     :func:`iratrainer.physics.chain.solve_chain` (``s_alpha`` stretch compliance mm/N,
-    ``c_alpha`` wall compliance mm/N).
+    ``c_alpha`` wall compliance mm/N). ``max_step``: largest node step per iteration (mm);
+    ``max_travel``: largest distance any node may travel in the whole solve (mm): a
+    snap-through then unfolds over several steps, each taking its wall planes afresh.
 
     Coaxial links (M rows): the point ``p = w1·x[i1] + w2·x[i2]`` (``i2 < 0``: ``x[i1]``
     alone) must stay within ``gap`` mm of the fixed point ``t`` (the other device's axis
@@ -122,6 +125,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     ks = 1.0 / s_alpha if s_alpha > 0.0 else 1e9
     kc = 1.0 / c_alpha if c_alpha > 0.0 else 1e9
     g2 = np.zeros(n)
+    x_start = x.copy()
     active = np.zeros(N, dtype=np.bool_)
     for k in range(N):
         force[k] = 0.0
@@ -290,6 +294,18 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             if mm > big:
                 big = mm
         scale = 1.0 if big <= max_step else max_step / big
+        if max_travel < np.inf:
+            moved = 0.0
+            for k in range(N):
+                d0 = x[k, 0] - x_start[k, 0]
+                d1 = x[k, 1] - x_start[k, 1]
+                d2 = x[k, 2] - x_start[k, 2]
+                moved = max(moved, np.sqrt(d0 * d0 + d1 * d1 + d2 * d2))
+            budget = max_travel - moved
+            if budget <= 1e-9:
+                break
+            if scale * big > budget:
+                scale = budget / big
         for k in range(N):
             for a in range(3):
                 x[k, a] += scale * dx[3 * k + a]

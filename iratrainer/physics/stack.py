@@ -52,7 +52,7 @@ class StackError(IratrainerError):
     """An impossible device stack (an inner device larger than the outer lumen, unknown device)."""
 
 
-REQUERY_MM = 1.0  # a node that moved farther in one solve gets its wall plane taken again
+MAX_TRAVEL_MM = 5.0  # no node travels farther in one step's solve (5 m/s): a snap unfolds over steps
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,7 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
                       + max(R[k] - r_dev[k], 0.05))
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM)
     # friction against the start of the step
     for k in range(N - 2):
         if force[k] == 0.0:
@@ -285,8 +285,9 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
         x[k, 1] -= f * t1
         x[k, 2] -= f * t2
     # friction moved nodes along the wall: restore the constraints (one more pass)
+    # the wall force reported is the one at the final positions
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
-                       np.zeros(N), l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM)
     return force
 
 
@@ -689,21 +690,9 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
-                before = rod.x.copy()
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
-                for _ in range(4):
-                    if float(np.max(np.linalg.norm(rod.x - before, axis=1))) <= REQUERY_MM:
-                        break
-                    # a snap-through: the device travelled beyond where its wall planes were taken;
-                    # take them again where it is now and solve once more
-                    before = rod.x.copy()
-                    q2 = self.tree.query(rod.x)
-                    R = q2.radius_mm
-                    force = _contact_solve(rod.x, x0[k], q2.closest_mm, R, clear[k], kb, alpha,
-                                           rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                           self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
                                                  kb, alpha, rest)
