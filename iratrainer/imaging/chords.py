@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from iratrainer.imaging.geometry import CArmPlane
-from iratrainer.imaging.raycast import _bboxes, capsule_hits
+from iratrainer.imaging.raycast import _bboxes, capsule_hits, sorted_ends
 
 __all__ = ["VesselChords"]
 
@@ -61,11 +61,7 @@ def _pieces(npix, counts, used, t_in, t_out, sid):  # pragma: no cover - numba
         elif nk > 1:
             if cover.shape[0] < nk:
                 cover = np.empty(2 * nk, np.int64)
-            ev = np.empty(2 * nk, np.float64)
-            for j in range(nk):
-                ev[2 * j] = t_in[k0 + j]
-                ev[2 * j + 1] = t_out[k0 + j]
-            ev.sort()
+            ev = sorted_ends(t_in, t_out, k0, nk)
             first_single = ns
             for e in range(2 * nk - 1):
                 lo, hi = ev[e], ev[e + 1]

@@ -132,6 +132,17 @@ def capsule_hits(src, det0, du, dv, n, a, b, r, bbox):  # pragma: no cover - num
 
 
 @nb.njit(cache=True)
+def sorted_ends(t_in, t_out, k0, nk):  # pragma: no cover - numba
+    """The entry and exit distances of intervals k0..k0+nk-1, sorted (the sweep's events)."""
+    ev = np.empty(2 * nk, np.float64)
+    for j in range(nk):
+        ev[2 * j] = t_in[k0 + j]
+        ev[2 * j + 1] = t_out[k0 + j]
+    ev.sort()
+    return ev
+
+
+@nb.njit(cache=True)
 def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cover - numba
     """Per pixel: the (entry, exit, μ) of every capsule in its box, merged (see the wrapper)."""
     npix = n * n
@@ -151,11 +162,7 @@ def _capsule_kernel(src, det0, du, dv, n, a, b, r, mu, bbox):  # pragma: no cove
             continue
         # exact union with the largest μ where intervals overlap: sweep over endpoints
         nk = k1 - k0
-        ev = np.empty(2 * nk, np.float64)
-        for j in range(nk):
-            ev[2 * j] = t_in[k0 + j]
-            ev[2 * j + 1] = t_out[k0 + j]
-        ev.sort()
+        ev = sorted_ends(t_in, t_out, k0, nk)
         acc = 0.0
         for e in range(2 * nk - 1):
             lo, hi = ev[e], ev[e + 1]
