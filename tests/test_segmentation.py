@@ -124,10 +124,58 @@ def test_atlas_branches_meet_the_accuracy_goals(small_phantom):
     assert abs(acc.branches_detected - acc.branches_true) <= 0.25 * acc.branches_true
 
 
+def test_random_trees_keep_their_vessels_apart():
+    """The phantom's promise: no two vessels closer than 1 mm wall to wall (except a branch at
+    its own origin), and every parent goes on for 3 of its radii + 2 mm past each branch point."""
+    for seed in (5, 6, 7):
+        t = random_tree(seed)
+        assert len(t) >= 5
+        for b in t.branches:
+            arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(b.points_mm, axis=0), axis=1))])
+            for o in t.branches:
+                if o.label == b.label or o.parent == b.label:
+                    continue
+                if b.parent == o.label:
+                    r_par = float(o.radii_mm[b.parent_index])
+                    mine = arc >= 2.0 * (r_par + float(b.radii_mm[0])) + 1.0
+                    o_arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(o.points_mm, axis=0), axis=1))])
+                    assert o_arc[-1] - o_arc[b.parent_index] >= 3.0 * r_par + 2.0 - 1e-9
+                else:
+                    mine = np.ones(len(arc), bool)
+                d = np.linalg.norm(b.points_mm[mine, None] - o.points_mm[None], axis=2)
+                gap = d - b.radii_mm[mine, None] - o.radii_mm[None]
+                assert gap.min() >= 1.0 - 1e-9, (seed, b.label, o.label)
+
+
+@pytest.mark.slow
+def test_thirty_held_out_random_trees():
+    """Thirty trees (seeds 200-229) kept out of the development (which used 100-119): the goals
+    on all their points pooled, and every goal on at least 27 of the 30 trees taken one by one
+    (28 at the time of writing; the two others have a recall of 0.973 and 0.975, thin tips)."""
+    dist, rec_ok, rec_n, rad_err, all_ok = [], 0, 0, [], 0
+    for seed in range(200, 230):
+        truth = random_tree(seed)
+        ph = cta_volume(truth, voxel_mm=0.5, seed=seed)
+        seg = segment_volume(Volume(ph.hu, ph.affine, "CT", {}))
+        acc = centerline_accuracy(seg.tree, truth, ph.voxel_mm)
+        assert acc.precision >= 0.98, seed
+        assert abs(acc.branches_detected - acc.branches_true) <= 0.25 * acc.branches_true, seed
+        assert acc.p95_distance_vox <= 0.9, seed
+        n_true = sum(int(np.sum(b.radii_mm >= 1.0)) for b in truth.branches)
+        rec_ok += acc.recall * n_true
+        rec_n += n_true
+        dist.append(acc.mean_distance_vox)
+        rad_err.append(acc.median_radius_error)
+        all_ok += (acc.mean_distance_vox <= 0.35 and acc.recall >= 0.98 and acc.median_radius_error <= 0.08)
+    assert rec_ok / rec_n >= 0.98
+    assert max(dist) <= 0.35 and max(rad_err) <= 0.08
+    assert all_ok >= 27
+
+
 @pytest.mark.parametrize("seed", [21, 22])
 def test_random_trees_not_tuned_on(seed):
-    """Trees the pipeline was not tuned on: every goal of the issue on these two. Ten seeds
-    are reported in docs/segmentation.md (the 95th percentile is not met on four of them)."""
+    """Two random trees: every goal of the issue. Thirty held-out trees are measured below and
+    reported in docs/segmentation.md."""
     truth = random_tree(seed)
     ph = cta_volume(truth, voxel_mm=0.5, seed=seed)
     seg = segment_volume(Volume(ph.hu, ph.affine, "CT", {}))

@@ -57,8 +57,25 @@ def subtree(tree: VesselTree, root: str, depth: int | None = None) -> VesselTree
     return VesselTree(out, metadata={"source": f"subtree of {root}"})
 
 
-def random_tree(seed: int, n_branches: int = 7, box_mm: float = 60.0) -> VesselTree:
-    """A random smooth branching tree inside a cube (radii 1-3 mm), for tests not tuned on the atlas."""
+def random_tree(seed: int, n_branches: int = 7, box_mm: float = 60.0, clearance_mm: float = 1.0,
+                stump_radii: float = 3.0) -> VesselTree:
+    """A random smooth branching tree inside a cube (radii 1-3 mm), for tests not tuned on the atlas.
+
+    Args:
+        seed: the tree's seed.
+        n_branches: branches wanted, the root included (fewer when the cube is too crowded).
+        box_mm: edge of the cube, mm.
+        clearance_mm: least wall-to-wall gap between a new branch and every vessel already
+            drawn, except the parent at the branch's own origin, mm. Two lumens that run into
+            each other over a length are not a tree: their true centerlines cannot be told apart
+            in any image. 1 mm is two 0.5 mm voxels of background between the walls, the least
+            that separates them once the partial volume blurs each wall over a voxel; 0 or less
+            lets branches overlap.
+        stump_radii: a branch leaves its parent at least this many of the parent's radii + 2 mm
+            before the parent's end. A parent that ends a millimetre or two past a branch point
+            is one curved tube in any image: its stump is shorter than the junction, where the
+            cross-section holds both vessels. 0 lets branches leave anywhere.
+    """
     from iratrainer.anatomy.atlas import resample_curve
 
     rng = np.random.default_rng(seed)
@@ -72,9 +89,16 @@ def random_tree(seed: int, n_branches: int = 7, box_mm: float = 60.0) -> VesselT
         ctrl.append(ctrl[-1] + d * box_mm / 5)
     pts, rad = resample_curve(np.array(ctrl), np.linspace(3.0, 2.4, len(ctrl)), 0.5)
     branches.append(Branch("ROOT", None, 0, pts, rad))
-    for i in range(1, n_branches):
+    attempts = 0
+    while len(branches) < n_branches and attempts < 8 * n_branches:
+        attempts += 1
         par = branches[int(rng.integers(0, len(branches)))]
         k = int(rng.integers(len(par.points_mm) // 3, len(par.points_mm) - 2))
+        if stump_radii > 0:
+            # the parent goes on for a resolvable length past the branch point
+            beyond = float(np.sum(np.linalg.norm(np.diff(par.points_mm[k:], axis=0), axis=1)))
+            if beyond < stump_radii * float(par.radii_mm[k]) + 2.0:
+                continue
         p0 = par.points_mm[k]
         r0 = float(par.radii_mm[k]) * rng.uniform(0.6, 0.85)
         if r0 < 1.0:
@@ -92,8 +116,29 @@ def random_tree(seed: int, n_branches: int = 7, box_mm: float = 60.0) -> VesselT
         if np.min(np.linalg.norm(np.diff(c_arr, axis=0), axis=1)) < 2.0:
             continue
         pts, rad = resample_curve(c_arr, np.linspace(r0, max(0.7 * r0, 1.0), len(c_arr)), 0.5)
-        branches.append(Branch(f"B{i}", par.label, k, pts, rad))
+        if clearance_mm > 0 and _crowds(pts, rad, branches, par.label, float(par.radii_mm[k]), clearance_mm):
+            continue
+        branches.append(Branch(f"B{len(branches)}", par.label, k, pts, rad))
     return VesselTree(branches, metadata={"source": f"random tree, seed {seed}"})
+
+
+def _crowds(pts: np.ndarray, rad: np.ndarray, branches: list[Branch], parent: str, r_parent: float,
+            clearance_mm: float) -> bool:
+    """Whether a new branch (points, radii in mm) comes closer than ``clearance_mm`` wall to wall
+    to a vessel already drawn. Its first part, within its own and its parent's radius plus the
+    clearance of its origin (along the curve), is where it leaves the parent and is only tested
+    against the other vessels."""
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    leaving = arc < 2.0 * (r_parent + float(rad[0])) + clearance_mm
+    for b in branches:
+        mine = ~leaving if b.label == parent else np.ones(len(pts), bool)
+        if not np.any(mine):
+            continue
+        d = np.linalg.norm(pts[mine, None, :] - b.points_mm[None, :, :], axis=2)
+        gap = d - rad[mine, None] - b.radii_mm[None, :]
+        if gap.min() < clearance_mm:
+            return True
+    return False
 
 
 def cta_volume(tree: VesselTree, voxel_mm: float = 0.5, margin_mm: float = 6.0, background_hu: float = 40.0,

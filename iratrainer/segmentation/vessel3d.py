@@ -357,6 +357,7 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
             continue  # a short edge inside a junction cluster: the neighbours are joined by proximity
         kept.append(br)
     refined: list[tuple[np.ndarray, np.ndarray]] = []
+    skeleton_ends: list[tuple[bool, bool]] = []  # whether each polyline's (start, end) is a skeleton end point
     for bi, br in enumerate(kept):
         say("centerlines", 0.7 + 0.25 * bi / max(len(kept), 1))
         P = br.astype(np.float64)
@@ -394,10 +395,11 @@ def segment_volume(volume: Volume, seed_point: np.ndarray | None = None,
                 c_rev, r_rev = _extend_end(maskf, c_good[::-1], r_good[::-1])
                 c_good, r_good = c_rev[::-1].copy(), r_rev[::-1].copy()
             refined.append((c_good, r_good))
+            skeleton_ends.append((degree[tuple(br[0])] == 1, degree[tuple(br[-1])] == 1))
     if not refined:
         raise SegmentationError("no centerline survived refinement")
     say("tree", 0.97)
-    tree = _build_tree(refined, volume, seed_point)
+    tree = _build_tree(refined, volume, seed_point, skeleton_ends=skeleton_ends)
     say("done", 1.0)
     return Segmentation3D(tree, mask, background, vessel_level, noise)
 
@@ -412,22 +414,42 @@ def _start_dir(pts: np.ndarray) -> np.ndarray:
     return pts[min(5, len(pts) - 1)] - pts[0]
 
 
+def _continues(c: tuple[float, float, int, np.ndarray, np.ndarray],
+               cands: list[tuple[float, float, int, np.ndarray, np.ndarray]], r_par: float) -> bool:
+    """Whether candidate ``c`` = (cosine with the parent's end direction, calibre mm, polyline
+    index, ...) continues a parent of end calibre ``r_par`` mm: within 50 degrees, at least 0.7
+    of its calibre, and clearly the one of ``cands``: better aligned than every other by 0.1, or
+    as well aligned to within 0.2 (a side branch may leave at a small angle) and wider by 20 %."""
+    cos_c, r_c = c[0], c[1]
+    return (cos_c > np.cos(np.radians(50)) and r_c >= 0.7 * r_par
+            and all(cos_c > o[0] + 0.1 or (cos_c > o[0] - 0.2 and r_c >= 1.2 * o[1])
+                    for o in cands if o is not c and o[2] != c[2]))
+
+
 def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
-                seed_point: np.ndarray | None, join_radii: float = 3.0, root_free_end: bool = True) -> VesselTree:
+                seed_point: np.ndarray | None, join_radii: float = 3.0, root_free_end: bool = True,
+                skeleton_ends: list[tuple[bool, bool]] | None = None) -> VesselTree:
     """Connect branch polylines (voxel coordinates z, y, x) into a tree in LPS mm.
 
     ``root_free_end``: root at the widest end that no other polyline reaches (3-D: a
     junction's ends are wide too); in a projection, where vessels overlap, any end counts.
+    ``skeleton_ends``: per polyline, whether its start and its end are end points of the
+    skeleton (the lumen ends there). Such an end is free unless another polyline comes
+    within its radius + 3 voxels (a vessel broken by a gap in the contrast): the reach
+    that joins junctions, three radii, would take a vessel's tip passing near the root's
+    inflow end for a junction.
     """
     vox = float(np.mean(volume.spacing_mm))
     polys = []
-    for cent, rad in refined:
+    kept_of: list[int] = []  # index in ``refined`` of each polyline
+    for n_ref, (cent, rad) in enumerate(refined):
         xyz = cent[:, ::-1]  # (z, y, x) -> (x, y, z) index order of the affine
         pts = volume.index_to_lps(xyz)
         keep = np.concatenate([[True], np.linalg.norm(np.diff(pts, axis=0), axis=1) > 1e-6])
         pts, r = pts[keep], rad[keep] * vox
         if len(pts) >= 2:
             polys.append((pts, r))
+            kept_of.append(n_ref)
     if not polys:
         raise SegmentationError("no usable centerline")
     tol = 3.0 * vox
@@ -467,7 +489,11 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         # the widest free end (one that no other polyline reaches: a junction's ends are wide too)
         def free(ie: tuple[int, int]) -> bool:
             i, e = ie
-            return all(np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) > reach(i, e)
+            if skeleton_ends is not None and skeleton_ends[kept_of[i]][0 if e == 0 else 1]:
+                gap = float(polys[i][1][e]) + 2 * tol
+            else:
+                gap = reach(i, e)
+            return all(np.min(np.linalg.norm(polys[j][0] - polys[i][0][e], axis=1)) > gap
                        for j in range(len(polys)) if j != i)
 
         free_ends = ([ie for ie in ends if free(ie)] if root_free_end else []) or ends
@@ -519,25 +545,39 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         pp = parent.points_mm
         remaining.discard(j)
         if k >= len(pp) - 2 and len(pp) >= 3 and len(pj) >= 3:
-            # attached at the parent's end: if it continues the parent's direction (< 50 degrees)
-            # and nothing else leaves there yet, it is the same vessel beyond a junction
+            # attached at the parent's end: the vessel that continues the parent's direction
+            # (< 50 degrees) at its calibre, clearly, is the same vessel beyond a junction; at a
+            # bifurcation (two children leaving alike) the parent ends
             t_par = pp[-1] - pp[max(0, len(pp) - 6)]  # over ~5 points: junction points are noisy
-            cosang = _cos(t_par, _start_dir(pj))
-            # the continuation is the best-aligned vessel leaving the end, whichever comes first,
-            # and clearly so: at a bifurcation (two children leaving alike) the parent ends
-            others = [_cos(t_par, _start_dir(b.points_mm)) for b in out
-                      if b.parent == lab and b.parent_index >= len(pp) - 2]
-            others += [_cos(t_par, _start_dir(polys[j2][0] if e2 == 0 else polys[j2][0][::-1]))
-                       for j2 in remaining for e2 in (0, -1)
-                       if np.linalg.norm(polys[j2][0][e2] - pp[-1]) <= reach(j2, e2)]
-            clear = all(cosang > c2 + 0.1 for c2 in others)
-            same_calibre = float(np.median(rj[:12])) >= 0.7 * float(np.median(parent.radii_mm[-12:]))
-            if cosang > np.cos(np.radians(50)) and clear and same_calibre:
-                ext = np.vstack([pp, pj])
-                er = np.concatenate([parent.radii_mm, rj])
+            # candidates leaving there: (cosine, calibre, polyline index or -1, oriented points, radii)
+            cands_end: list[tuple[float, float, int, np.ndarray, np.ndarray]] = [
+                (_cos(t_par, _start_dir(pj)), float(np.median(rj[:12])), j, pj, rj)]
+            cands_end += [(_cos(t_par, _start_dir(b_.points_mm)), float(np.median(b_.radii_mm[1:13])), -1,
+                           b_.points_mm, b_.radii_mm) for b_ in out
+                          if b_.parent == lab and b_.parent_index >= len(pp) - 2 and len(b_.points_mm) >= 4]
+            for j2 in remaining:
+                for e2 in (0, -1):
+                    q2 = polys[j2][0][e2]
+                    # one that starts nearer this candidate's far end than the parent's end continues
+                    # the candidate (a vessel broken in pieces), it does not compete with it
+                    if (np.linalg.norm(q2 - pp[-1]) <= reach(j2, e2)
+                            and np.linalg.norm(q2 - pj[-1]) >= np.linalg.norm(q2 - pp[-1])):
+                        p2, r2 = (polys[j2][0], polys[j2][1]) if e2 == 0 else (polys[j2][0][::-1], polys[j2][1][::-1])
+                        if len(p2) >= 3:
+                            cands_end.append((_cos(t_par, _start_dir(p2)), float(np.median(r2[:12])), j2, p2, r2))
+            r_par = float(np.median(parent.radii_mm[-12:]))
+
+            winner = next((c for c in cands_end if c[2] >= 0 and _continues(c, cands_end, r_par)), None)
+            if winner is not None:
+                jw, pw, rw = winner[2], winner[3], winner[4]
+                if jw != j:  # another vessel continues the parent: place it first, this one later
+                    remaining.add(j)
+                    remaining.discard(jw)
+                ext = np.vstack([pp, pw])
+                er = np.concatenate([parent.radii_mm, rw])
                 keep = np.concatenate([[True], np.linalg.norm(np.diff(ext, axis=0), axis=1) > 1e-6])
                 out[where[lab]] = Branch(parent.label, parent.parent, parent.parent_index, ext[keep], er[keep])
-                placed[j] = lab
+                placed[jw] = lab
                 offer(lab)
                 continue
         if len(pj) >= 3:
@@ -566,5 +606,29 @@ def _build_tree(refined: list[tuple[np.ndarray, np.ndarray]], volume: Volume,
         where[name] = len(out) - 1
         placed[j] = name
         offer(name)
+    out = _drop_junction_pieces(out)
     return VesselTree(out, metadata={"source": "segmentation", "method": "iratrainer 3-D pipeline",
                                      "provenance": volume.provenance})
+
+
+def _drop_junction_pieces(out: list[Branch]) -> list[Branch]:
+    """Leave out the branches of fewer than four points (a junction point and a voxel or two
+    of centerline: a piece of a junction, not a vessel), their children moved to the point where
+    the piece left its own parent; then number the branches again in order (parents first)."""
+    by_label = {b.label: b for b in out}
+    for b in reversed(out):  # children before parents: a chain of pieces collapses fully
+        if b.parent is None or len(b.points_mm) >= 4 or b.label not in by_label:
+            continue
+        par = by_label[b.parent]
+        for c in list(by_label.values()):
+            if c.parent == b.label:
+                # its first point (the junction point on the piece) moves to the piece's own junction
+                # point, so that the indices of its own children stay valid
+                pts = c.points_mm.copy()
+                pts[0] = par.points_mm[b.parent_index]
+                by_label[c.label] = Branch(c.label, par.label, b.parent_index, pts, c.radii_mm)
+        del by_label[b.label]
+    kept = [by_label[b.label] for b in out if b.label in by_label]
+    new = {b.label: f"V{i}" for i, b in enumerate(kept)}
+    return [Branch(new[b.label], None if b.parent is None else new[b.parent], b.parent_index, b.points_mm, b.radii_mm)
+            for b in kept]
