@@ -376,3 +376,61 @@ def test_a_microwire_coming_up_the_siphon_slips_into_the_ophthalmic_artery():
                      inserted_mm=[s_oph - 15.0, s_oph - 8.0], path_mm=path)
     _turn_then_advance(st, mw.name, 0.0, 25.0, 10.0)
     assert st.tip_branch() == "L_OPH"
+
+
+def _hooked_in_the_lcca():
+    """A 5F vertebral catheter over the 0.035 in wire from the right femoral artery, its tip
+    hooked about 8 mm into the left common carotid artery of the atlas (type I arch), brought
+    there by a pull-back as an operator does, the wire 15 mm behind its tip."""
+    from iratrainer.anatomy.atlas import build_atlas
+
+    tree = build_atlas()
+    c = default_catalogue()
+    path, _, lab = tree.path_polyline("R_CFA", "L_CCA", with_labels=True)
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(path, axis=0), axis=1))])
+    s_ost = arc[int(np.argmax(lab == tree.index("L_CCA")))]
+    cath, wire = "vertebral_5F", "guidewire_035_angled"
+    st = DeviceStack(tree, [c[cath], c[wire]], inserted_mm=[s_ost + 25.0, s_ost + 10.0], path_mm=path)
+    for _ in range(300):
+        st.step()
+    for _ in range(4000):  # 20 mm pulled back at 5 mm/s, both devices
+        st.step({cath: HubCommand(-5.0, 0.0), wire: HubCommand(-5.0, 0.0)})
+    for _ in range(300):
+        st.step()
+    return tree, st, cath, wire
+
+
+def _tip(st, k):
+    q = st.tree.query(st.rods[k].x[:1])
+    return st.tree.branches[int(q.branch[0])].label, float(q.arc_mm[0])
+
+
+def test_a_catheter_hooked_in_an_ostium_stays_still():
+    """Left alone, the hooked catheter is at rest: its tip does not move from one step to the
+    next (with the wall planes fixed at the start of each step it alternated between two
+    directions 15-30° apart, the tip's wall force going 2 <-> 40-70 N)."""
+    tree, st, cath, _ = _hooked_in_the_lcca()
+    assert _tip(st, 0)[0] == "L_CCA"
+    prev = st.rods[0].x[:3].copy()
+    worst_move, worst_force = 0.0, 0.0
+    for _ in range(100):
+        st.step()
+        worst_move = max(worst_move, float(np.max(np.linalg.norm(st.rods[0].x[:3] - prev, axis=1))))
+        worst_force = max(worst_force, float(st.wall_force[0][:3].max()))
+        prev = st.rods[0].x[:3].copy()
+    assert worst_move < 0.05
+    assert worst_force < 5.0
+
+
+@pytest.mark.slow
+def test_the_wire_goes_up_the_vessel_through_a_hooked_catheter():
+    """With the catheter held, the wire pushed 60 mm goes up the left common carotid artery
+    and the catheter's tip stays hooked (the manoeuvre that takes the arch vessels)."""
+    tree, st, cath, wire = _hooked_in_the_lcca()
+    arc0 = _tip(st, 0)[1]
+    for _ in range(6000):
+        st.step({wire: HubCommand(10.0, 0.0)})
+    lab_c, arc_c = _tip(st, 0)
+    lab_w, arc_w = _tip(st, 1)
+    assert lab_c == "L_CCA" and arc_c > arc0 - 5.0
+    assert lab_w == "L_CCA" and arc_w > arc_c + 30.0

@@ -52,7 +52,7 @@ class StackError(IratrainerError):
     """An impossible device stack (an inner device larger than the outer lumen, unknown device)."""
 
 
-MAX_TRAVEL_MM = 5.0  # no node travels farther in one step's solve (5 m/s): a snap unfolds over steps
+MAX_TRAVEL_MM = 2.0  # no node travels farther in one step's solve (2 m/s): a snap unfolds over steps
 
 
 @dataclass(frozen=True)
@@ -235,8 +235,8 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt, max_step,
-                   mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
+def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
+                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
     """One device's solve with its wall: planes, Gauss-Newton, Coulomb friction, restoration.
 
     Every free node carries its wall plane (inactive unless violated), so a node that moves
@@ -263,9 +263,12 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
         n[k, 0], n[k, 1], n[k, 2] = d0 * inv, d1 * inv, d2 * inv
         plane_d[k] = (n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2]
                       + max(R[k] - r_dev[k], 0.05))
+    rho = np.empty(N)
+    for k in range(N):
+        rho[k] = max(R[k] - r_dev[k], 0.05)
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM, closest, axis, rho, end)
     # friction against the start of the step
     for k in range(N - 2):
         if force[k] == 0.0:
@@ -287,7 +290,8 @@ def _contact_solve(x, x0, closest, R, r_dev, kb, alpha, rest, mass, s_alpha, c_a
     # friction moved nodes along the wall: restore the constraints (one more pass)
     # the wall force reported is the one at the final positions
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM,
+                       closest, axis, rho, end)
     return force
 
 
@@ -550,6 +554,13 @@ class DeviceStack:
         ins = inserted_mm or [100.0 - 10.0 * i for i in range(len(specs))]
         self.rods = [Rod(s, self.access, inward, L, path) for s, L in zip(specs, ins, strict=True)]
         self.wall_force = [np.zeros(len(r.x)) for r in self.rods]
+        ax = np.asarray(tree.seg_b, dtype=np.float64) - np.asarray(tree.seg_a, dtype=np.float64)
+        #: unit axis of every centerline segment (the wall cylinder of the nodes in it)
+        self._seg_axis = ax / np.maximum(np.linalg.norm(ax, axis=1), 1e-12)[:, None]
+        self._seg_b = np.asarray(tree.seg_b, dtype=np.float64)
+        br = np.asarray(tree.seg_branch)
+        #: whether each segment is the last of its vessel
+        self._seg_last = np.append(br[1:] != br[:-1], True)
         self._node_radius = [np.ones(len(r.x)) for r in self.rods]
         self._active_events: set[tuple[str, str, int]] = set()
         # (time, inserted length, tip arc along the way in) per device, for buckling detection
@@ -672,6 +683,11 @@ class DeviceStack:
                             ) -> None:
         allx = np.vstack([r.x for r in self.rods])
         q = self.tree.query(allx)
+        # the wall: the cylinder of the segment each node is in, from its closest point on to
+        # the end of its vessel's last segment (beyond: a sphere)
+        axis = self._seg_axis[q.segment]
+        end = np.where(self._seg_last[q.segment],
+                       np.einsum("ij,ij->i", self._seg_b[q.segment] - q.closest_mm, axis), np.inf)
         clear = self._clearances()
         if pairs is None:
             pairs = self._link_pairs()
@@ -690,7 +706,7 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
-                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], R, clear[k], kb, alpha,
+                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], end[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
             else:
