@@ -237,10 +237,12 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
                    max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
-    """One device's solve with its wall: planes, Gauss-Newton, Coulomb friction, restoration.
+    """One device's solve with its wall: cylinders, Gauss-Newton, Coulomb friction, restoration.
 
-    Every free node carries its wall plane (inactive unless violated), so a node that moves
-    far in one step (a whip) cannot cross the wall unconstrained. After the solve, friction
+    Every free node carries its wall (inactive unless violated): the cylinder of the segment
+    it is in (``closest`` point, unit ``axis``, closed ``end`` mm along it), whose tangent
+    plane the Gauss-Newton iterations take afresh, so a node that moves far in one step (a
+    whip) cannot cross the wall unconstrained. After the solve, friction
     (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
     wall measured from the start of the step ``x0``; one more pass restores the
     constraints. ``r_dev`` (N,) is each node's clearance from the wall: the device's own
@@ -255,17 +257,15 @@ def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s
     near[N - 2:] = False
     w = np.full(N, 1.0 / mass)
     w[N - 2:] = 0.0
+    rho = np.empty(N)  # the cylinder's radius: the lumen's less the node's clearance
     for k in range(N):
+        rho[k] = max(R[k] - r_dev[k], 0.05)
         d0 = x[k, 0] - closest[k, 0]
         d1 = x[k, 1] - closest[k, 1]
         d2 = x[k, 2] - closest[k, 2]
         inv = 1.0 / max(np.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-9)
         n[k, 0], n[k, 1], n[k, 2] = d0 * inv, d1 * inv, d2 * inv
-        plane_d[k] = (n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2]
-                      + max(R[k] - r_dev[k], 0.05))
-    rho = np.empty(N)
-    for k in range(N):
-        rho[k] = max(R[k] - r_dev[k], 0.05)
+        plane_d[k] = n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2] + rho[k]
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM, closest, axis, rho, end)
