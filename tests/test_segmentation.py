@@ -363,3 +363,33 @@ def test_biplane_from_two_rendered_dsa_runs(tmp_path, capsys):
     R = np.vstack([b.points_mm for b in tree.branches]) + iso
     q = atlas.query(R)
     assert np.mean(np.linalg.norm(R - q.closest_mm, axis=1) <= q.radius_mm) > 0.15
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_no_identifying_value_reaches_a_case_its_runs_or_the_records(tmp_path, capsys):
+    """Identifying values planted in every attribute of a CT series (a private tag included):
+    the case authored from it, its model and preview, a recorded headless run of the case
+    (result, events, controls, the DSA runs as DICOM and GIF), the records database and the
+    console hold none of them."""
+    ph = cta_volume(subtree(build_atlas(), "L_ICA", depth=2), voxel_mm=0.6, margin_mm=5.0, seed=3)
+    files = write_ct_series(ph, tmp_path / "phi", plant_phi=True, seed=3)
+    originals = {str(pydicom.dcmread(files[0]).get(k)) for k in ("StudyInstanceUID", "SeriesInstanceUID")}
+    out = tmp_path / "out"
+    (out / "cases").mkdir(parents=True)
+    case = out / "cases" / "mine.toml"
+    db = out / "records.sqlite"
+    assert main(["case", "new", "--from-dicom", str(tmp_path / "phi"), "--occlusion", "L_MCA_M1", "--out", str(case),
+                 "--quiet"]) == 0
+    assert main(["trainee", "add", "Interne Test", "--db", str(db)]) == 0
+    assert main(["run", str(case), "--headless", "--autopilot", "expert", "--out", str(out / "run"), "--cine",
+                 "--matrix", "64", "--trainee", "Interne Test", "--db", str(db)]) == 0
+    captured = capsys.readouterr()
+    blobs = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    blobs["console"] = (captured.out + captured.err).encode()
+    assert any(k.endswith(".dcm") for k in blobs) and any(k.endswith(".sqlite") for k in blobs)
+    needles = list(PLANTED_PHI.values()) + [PLANTED_PRIVATE] + sorted(originals)
+    for name, blob in blobs.items():
+        for needle in needles:
+            assert needle.encode() not in blob, f"{needle!r} leaked into {name}"
+            assert needle.upper().encode() not in blob.upper(), f"{needle!r} leaked into {name}"
