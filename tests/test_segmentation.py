@@ -29,7 +29,7 @@ def small_phantom():
 
 
 # ---------------------------------------------------------------- reading
-@pytest.mark.parametrize("compress", [None, "rle"])
+@pytest.mark.parametrize("compress", [None, "rle", "j2k"])
 def test_series_is_assembled_by_position_not_file_name(tmp_path, small_phantom, compress):
     write_ct_series(small_phantom, tmp_path / "s", compress=compress, seed=5)
     v = read_dicom([tmp_path / "s"])
@@ -37,6 +37,31 @@ def test_series_is_assembled_by_position_not_file_name(tmp_path, small_phantom, 
     assert np.abs(v.voxels - small_phantom.hu).max() <= 0.51  # stored as integers
     np.testing.assert_allclose(v.affine, small_phantom.affine, atol=1e-9)
     np.testing.assert_allclose(v.spacing_mm, [0.5, 0.5, 0.5])
+
+
+def test_a_folder_of_several_series_takes_the_angiographic_one_and_says_so(tmp_path, small_phantom):
+    """A folder holding a CT angiography series, a shorter CT series and an XA run: the XA run is
+    taken and the choice is said; ``series_uid`` takes another; an unknown UID is a clear error."""
+    write_ct_series(small_phantom, tmp_path / "mix" / "cta", seed=1)
+    short = cta_volume(subtree(build_atlas(), "L_MCA_M1", depth=0), voxel_mm=1.0, seed=2, bone=False)
+    short_files = write_ct_series(short, tmp_path / "mix" / "short", seed=2)
+    assert main(["render", "--atlas", "I", "--mode", "dsa", "--size", "64", "--inject", "L_ICA", "--no-devices",
+                 "--out", str(tmp_path / "mix" / "run.dcm")]) == 0
+    said: list[str] = []
+    got = read_dicom([tmp_path / "mix"], say=said.append)
+    assert isinstance(got, Run2D)
+    assert any("3 series" in m and "XA" in m and "--series" in m for m in said), said
+    # without the run, the CT series with the most images
+    (tmp_path / "mix" / "run.dcm").unlink()
+    said.clear()
+    got = read_dicom([tmp_path / "mix"], say=said.append)
+    assert isinstance(got, Volume) and got.voxels.shape == small_phantom.hu.shape
+    assert any("2 series" in m and "CT" in m for m in said), said
+    other = str(pydicom.dcmread(short_files[0]).SeriesInstanceUID)
+    got = read_dicom([tmp_path / "mix"], series_uid=other)
+    assert isinstance(got, Volume) and got.voxels.shape == short.hu.shape
+    with pytest.raises(DicomInputError, match="no series with that UID"):
+        read_dicom([tmp_path / "mix"], series_uid="1.2.3.4")
 
 
 def test_inconsistent_spacing_mixed_and_broken_inputs(tmp_path, small_phantom):
@@ -393,3 +418,36 @@ def test_no_identifying_value_reaches_a_case_its_runs_or_the_records(tmp_path, c
         for needle in needles:
             assert needle.encode() not in blob, f"{needle!r} leaked into {name}"
             assert needle.upper().encode() not in blob.upper(), f"{needle!r} leaked into {name}"
+
+
+def test_a_jpeg_baseline_xa_run_is_decoded(tmp_path):
+    """An 8-bit XA run stored as JPEG baseline (lossy, each frame encoded by Pillow and
+    encapsulated) reads back frame by frame within the codec's error, with its geometry."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    out = tmp_path / "run.dcm"
+    assert main(["render", "--atlas", "I", "--mode", "dsa", "--size", "64", "--inject", "L_ICA", "--no-devices",
+                 "--out", str(out)]) == 0
+    ds = pydicom.dcmread(out)
+    frames = ds.pixel_array.astype(np.float64)
+    lo, hi = frames.min(), frames.max()
+    eight = np.rint(255.0 * (frames - lo) / max(hi - lo, 1e-9)).astype(np.uint8)
+    blobs = []
+    for f in eight:
+        buf = io.BytesIO()
+        Image.fromarray(f, mode="L").save(buf, format="JPEG", quality=95)
+        blobs.append(buf.getvalue())
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate(blobs)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    jpeg = tmp_path / "jpeg.dcm"
+    ds.save_as(jpeg, enforce_file_format=True)
+    run = read_dicom([jpeg])
+    assert isinstance(run, Run2D) and run.frames.shape == eight.shape
+    assert np.abs(run.frames - eight).mean() < 2.0  # grey levels: the JPEG's loss
+    assert run.calibrated and run.pixel_mm is not None

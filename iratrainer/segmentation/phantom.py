@@ -227,10 +227,11 @@ def write_ct_series(ph: CtaPhantom, folder: str | os.PathLike[str], plant_phi: b
                     compress: str | None = None) -> list[Path]:
     """Write the phantom as a DICOM CT series (one file per slice, names in random order).
 
-    ``compress``: ``None`` (explicit VR little endian) or ``"rle"`` (RLE lossless, encoded by pydicom).
+    ``compress``: ``None`` (explicit VR little endian), ``"rle"`` (RLE lossless, encoded by
+    pydicom) or ``"j2k"`` (JPEG 2000 lossless, encoded through pylibjpeg-openjpeg).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RLELossless, generate_uid
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,6 +274,8 @@ def write_ct_series(ph: CtaPhantom, folder: str | os.PathLike[str], plant_phi: b
             block.add_new(0x01, "LO", PLANTED_PRIVATE)
         if compress == "rle":
             ds.compress(RLELossless, stored)
+        elif compress == "j2k":
+            ds.compress(JPEG2000Lossless, stored)
         p = out / f"img{int(names[k]):04d}.dcm"
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
