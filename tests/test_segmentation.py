@@ -29,7 +29,7 @@ def small_phantom():
 
 
 # ---------------------------------------------------------------- reading
-@pytest.mark.parametrize("compress", [None, "rle", "j2k"])
+@pytest.mark.parametrize("compress", [None, "rle", "j2k", "jls"])
 def test_series_is_assembled_by_position_not_file_name(tmp_path, small_phantom, compress):
     write_ct_series(small_phantom, tmp_path / "s", compress=compress, seed=5)
     v = read_dicom([tmp_path / "s"])

@@ -228,10 +228,18 @@ def write_ct_series(ph: CtaPhantom, folder: str | os.PathLike[str], plant_phi: b
     """Write the phantom as a DICOM CT series (one file per slice, names in random order).
 
     ``compress``: ``None`` (explicit VR little endian), ``"rle"`` (RLE lossless, encoded by
-    pydicom) or ``"j2k"`` (JPEG 2000 lossless, encoded through pylibjpeg-openjpeg).
+    pydicom), ``"j2k"`` (JPEG 2000 lossless, encoded through pylibjpeg-openjpeg) or ``"jls"``
+    (JPEG-LS lossless, encoded through pyjpegls, a test dependency).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, generate_uid
+    from pydicom.uid import (
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGLSLossless,
+        RLELossless,
+        generate_uid,
+    )
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,6 +284,8 @@ def write_ct_series(ph: CtaPhantom, folder: str | os.PathLike[str], plant_phi: b
             ds.compress(RLELossless, stored)
         elif compress == "j2k":
             ds.compress(JPEG2000Lossless, stored)
+        elif compress == "jls":
+            ds.compress(JPEGLSLossless, stored)
         p = out / f"img{int(names[k]):04d}.dcm"
         ds.save_as(p, enforce_file_format=True)
         paths.append(p)
