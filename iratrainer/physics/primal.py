@@ -37,7 +37,7 @@ CONVERGED_MM = 0.02  # largest node step of a converged Gauss-Newton iteration (
 NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
             np.zeros(0), 0.0)
 #: the wall arguments of :func:`solve_chain_primal` for fixed planes (no cylinders)
-NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0))
+NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
@@ -92,10 +92,10 @@ def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
-def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_end, c_n, c_d):  # pragma: no cover - numba
+def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d):  # pragma: no cover - numba
     """The tangent plane, at each node's position, of its wall cylinder (see
-    :func:`solve_chain_primal`), closed by a sphere past ``cyl_end`` mm along the axis; a node
-    on the axis keeps the plane it had."""
+    :func:`solve_chain_primal`), closed by spheres before ``cyl_start`` and past ``cyl_end`` mm
+    along the axis; a node on the axis keeps the plane it had."""
     for k in range(x.shape[0]):
         if not c_on[k] or w[k] == 0.0:
             continue
@@ -103,7 +103,7 @@ def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_end, c_n, c_d):  
         d1 = x[k, 1] - cyl_c[k, 1]
         d2 = x[k, 2] - cyl_c[k, 2]
         a0, a1, a2 = cyl_axis[k, 0], cyl_axis[k, 1], cyl_axis[k, 2]
-        along = min(d0 * a0 + d1 * a1 + d2 * a2, cyl_end[k])
+        along = max(min(d0 * a0 + d1 * a1 + d2 * a2, cyl_end[k]), cyl_start[k])
         d0 -= along * a0
         d1 -= along * a1
         d2 -= along * a2
@@ -118,7 +118,7 @@ def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_end, c_n, c_d):  
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
-                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_end):  # pragma: no cover - numba
+                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
     ``w``: inverse masses (0 = kinematic); ``x_pred``: inertial prediction; other arrays as in
@@ -130,15 +130,16 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
 
     Wall as cylinders (``cyl_c`` (N, 3) with N rows; (0, 3) for fixed planes): node k stays
     within ``cyl_rho[k]`` mm of the line through ``cyl_c[k]`` along the unit ``cyl_axis[k]``
-    (the vessel segment it is in, less the device's clearance), a line that ends, closed by
-    a sphere, ``cyl_end[k]`` mm along the axis from ``cyl_c[k]`` (the end of a vessel, or a
-    division: past it the children's tubes, narrower, take over; ``np.inf`` inside a vessel). The plane ``c_n, c_d`` is
-    then the tangent plane of that cylinder at the current iterate, taken afresh at every
-    Gauss-Newton iteration: a node sliding round the wall (a shaped tip turning in a vessel,
-    a tip pressed at an ostium) keeps a true wall. A plane fixed at the start of the step
-    let the next step's plane, taken elsewhere on the round wall, move the equilibrium,
-    and a stiff tip pressed there alternated between two positions from one step to the
-    next (the inertia of a rod is too small to damp that).
+    (the vessel segment it is in, less the device's clearance), a line closed by spheres
+    ``cyl_start[k]`` (<= 0) and ``cyl_end[k]`` mm along the axis from ``cyl_c[k]``: the end of
+    a vessel, or a division (past it the children's tubes, narrower, take over), and the
+    start of a vessel that has no parent; ``-np.inf``, ``np.inf`` elsewhere. The plane
+    ``c_n, c_d`` is then the tangent plane of that cylinder at the current iterate, taken
+    afresh at every Gauss-Newton iteration: a node sliding round the wall (a shaped tip
+    turning in a vessel, a tip pressed at an ostium) keeps a true wall. A plane fixed at the
+    start of the step let the next step's plane, taken elsewhere on the round wall, move the
+    equilibrium, and a stiff tip pressed there alternated between two positions from one
+    step to the next (the inertia of a rod is too small to damp that).
 
     Coaxial links (M rows): the point ``p = w1·x[i1] + w2·x[i2]`` (``i2 < 0``: ``x[i1]``
     alone) must stay within ``gap`` mm of the fixed point ``t`` (the other device's axis
@@ -171,7 +172,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     relin = cyl_c.shape[0] == N
     for _it in range(max(n_iter, MAX_ITERATIONS)):
         if relin:
-            _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_end, c_n, c_d)
+            _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d)
         H[:, :] = 0.0
         g[:] = 0.0
         # inertia
@@ -358,7 +359,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             break
     # wall forces at the final positions
     if relin:
-        _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_end, c_n, c_d)
+        _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d)
     for k in range(N):
         if c_on[k] and w[k] > 0.0:
             Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]

@@ -235,7 +235,7 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
+def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
                    max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
     """One device's solve with its wall: cylinders, Gauss-Newton, Coulomb friction, restoration.
 
@@ -251,8 +251,7 @@ def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s
     force per node (N).
     """
     N = x.shape[0]
-    n = np.empty((N, 3))
-    plane_d = np.empty(N)
+    n = np.zeros((N, 3))
     near = np.ones(N, dtype=np.bool_)
     near[N - 2:] = False
     w = np.full(N, 1.0 / mass)
@@ -260,15 +259,14 @@ def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s
     rho = np.empty(N)  # the cylinder's radius: the lumen's less the node's clearance
     for k in range(N):
         rho[k] = max(R[k] - r_dev[k], 0.05)
-        d0 = x[k, 0] - closest[k, 0]
-        d1 = x[k, 1] - closest[k, 1]
-        d2 = x[k, 2] - closest[k, 2]
-        inv = 1.0 / max(np.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-9)
-        n[k, 0], n[k, 1], n[k, 2] = d0 * inv, d1 * inv, d2 * inv
-        plane_d[k] = n[k, 0] * closest[k, 0] + n[k, 1] * closest[k, 1] + n[k, 2] * closest[k, 2] + rho[k]
+    # the planes are the cylinders' tangent planes, which the solve takes at its first
+    # iteration (and leaves in n, for the friction); a node on its axis is far from the wall:
+    # n = 0 and plane_d = rho keep its plane inactive
+    plane_d = rho.copy()
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM, closest, axis, rho, end)
+                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
+                       closest, axis, rho, start, end)
     # friction against the start of the step
     for k in range(N - 2):
         if force[k] == 0.0:
@@ -291,7 +289,7 @@ def _contact_solve(x, x0, closest, axis, end, R, r_dev, kb, alpha, rest, mass, s
     # the wall force reported is the one at the final positions
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM,
-                       closest, axis, rho, end)
+                       closest, axis, rho, start, end)
     return force
 
 
@@ -559,8 +557,11 @@ class DeviceStack:
         self._seg_axis = ax / np.maximum(np.linalg.norm(ax, axis=1), 1e-12)[:, None]
         self._seg_b = np.asarray(tree.seg_b, dtype=np.float64)
         br = np.asarray(tree.seg_branch)
-        #: whether each segment is the last of its vessel
+        #: whether each segment is the last of its vessel, or the first of a vessel without a parent
         self._seg_last = np.append(br[1:] != br[:-1], True)
+        self._seg_a = np.asarray(tree.seg_a, dtype=np.float64)
+        first = np.insert(br[1:] != br[:-1], 0, True)
+        self._seg_root_first = first & np.array([tree.branches[int(b)].parent is None for b in br])
         self._node_radius = [np.ones(len(r.x)) for r in self.rods]
         self._active_events: set[tuple[str, str, int]] = set()
         # (time, inserted length, tip arc along the way in) per device, for buckling detection
@@ -683,11 +684,13 @@ class DeviceStack:
                             ) -> None:
         allx = np.vstack([r.x for r in self.rods])
         q = self.tree.query(allx)
-        # the wall: the cylinder of the segment each node is in, from its closest point on to
-        # the end of its vessel's last segment (beyond: a sphere)
-        axis = self._seg_axis[q.segment]
-        end = np.where(self._seg_last[q.segment],
-                       np.einsum("ij,ij->i", self._seg_b[q.segment] - q.closest_mm, axis), np.inf)
+        # the wall: the cylinder of the segment each node is in, closed by a sphere past the end
+        # of its vessel's last segment and before the start of a vessel without a parent
+        seg = q.segment
+        axis = self._seg_axis[seg]
+        end = np.where(self._seg_last[seg], np.einsum("ij,ij->i", self._seg_b[seg] - q.closest_mm, axis), np.inf)
+        start = np.where(self._seg_root_first[seg],
+                         np.einsum("ij,ij->i", self._seg_a[seg] - q.closest_mm, axis), -np.inf)
         clear = self._clearances()
         if pairs is None:
             pairs = self._link_pairs()
@@ -706,7 +709,7 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
-                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], end[sl], R, clear[k], kb, alpha,
+                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
             else:
