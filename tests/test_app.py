@@ -383,8 +383,10 @@ def test_carm_rotation_zoom_and_collimation_from_the_keys_and_the_pad(tmp_path):
               {"at_s": 3.4, "gamepad": {"axis": 2, "value": 1.0}},                                   # LT: C-arm
               {"at_s": 3.4, "gamepad": {"axis": 1, "value": -1.0}},                                  # cranial
               {"at_s": 4.4, "gamepad": {"axis": 1, "value": 0.0}}, {"at_s": 4.4, "gamepad": {"axis": 2, "value": -1}},
+              {"at_s": 4.6, "press": "T"},                                                           # head
               {"at_s": 4.9, "press": "H"}, {"at_s": 5.0, "screenshot": "help"}, {"at_s": 5.1, "quit": True}]
     app = _run(tmp_path, "carm", script, display="software")
+    assert app.proc.table_user == "head"
     pl = app.proc.planes
     assert pl["frontal"].lao_deg == pytest.approx(2.0 * 15.0, abs=0.6)  # 15 deg/s for 2 s, the last angle sent
     assert pl["lateral"].cran_deg == pytest.approx(1.0 * 15.0, abs=0.6) and pl["lateral"].lao_deg == 90.0

@@ -231,6 +231,30 @@ def test_zoom_and_collimation_change_the_field_and_the_dap():
     assert proc.events[-1].kind == "collimate" and proc.planes["lateral"].collimation == 0.2  # clamped, said
 
 
+def test_the_table_frames_the_head_or_the_neck_and_then_follows_the_tip_again():
+    """``table:head`` moves the field to the head whatever the tip's position (an intracranial
+    run from a guide in the groin's reach), ``table:neck`` to the neck, ``auto`` back to the tip."""
+    from iratrainer.scenario.procedure import TABLE_VIEWS
+
+    proc = Procedure(load_case(DEFAULT), 0)
+    proc.step(Controls(action="insert:balloon_guide_8F"))
+    for _ in range(30):
+        proc.step(Controls(device="balloon_guide_8F", advance_mm_s=40.0, fluoro=True))
+    low = proc.planes["frontal"].isocentre_mm
+    assert low[2] < 0.0  # the table followed the tip in the groin
+    for view in ("head", "neck"):
+        proc.step(Controls(action=f"table:{view}"))
+        assert proc.events[-1].kind == "table"
+        for plane in proc.planes.values():
+            assert plane.isocentre_mm == TABLE_VIEWS[view][0]
+        proc.step(Controls(fluoro=True))  # fluoroscopy does not move a placed table
+        assert proc.planes["lateral"].isocentre_mm == TABLE_VIEWS[view][0]
+    proc.step(Controls(action="table:auto"))
+    assert proc.planes["frontal"].isocentre_mm == low
+    proc.step(Controls(action="table:feet"))
+    assert proc.events[-1].kind == "refused" and "head, neck or auto" in proc.events[-1].data["reason"]
+
+
 def test_time_limit_truncates():
     case = replace(load_case(DEFAULT), time_limit_min=0.05)
     proc = Procedure(case, 0)
@@ -300,6 +324,14 @@ def test_default_case_expert_and_novice():
     nv.run()
     assert nv.proc.outcome in ("success", "ended")
     assert nv.proc.metrics()["fluoro_time_s"] > ex.proc.metrics()["fluoro_time_s"]
+    # a complete thrombectomy lands in the published DAP range: within 25 % of the median for
+    # its number of passes (Weyland, Eur Radiol 2020, n = 544: 68.7, 106.4, 130.2, 169.9,
+    # 227.6 Gy·cm² for 1-5 passes), and the novice's above the expert's
+    for run in (ex, nv):
+        n_pass = max(1, min(5, len(run.proc.passes)))
+        published = (68.7, 106.4, 130.2, 169.9, 227.6)[n_pass - 1]
+        assert 0.75 * published <= run.proc.dose.dap_gy_cm2 <= 1.25 * published, (n_pass, run.proc.dose.dap_gy_cm2)
+    assert nv.proc.dose.dap_gy_cm2 > ex.proc.dose.dap_gy_cm2
     again = replay(case, 1, ex.control_log, ex.proc.step_index)
     assert json.dumps(again.event_log()) == json.dumps(ex.proc.event_log())
 

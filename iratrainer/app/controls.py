@@ -46,12 +46,13 @@ DEFAULT_KEYS: dict[str, str] = {
     "balloon": "B", "aspiration": "A", "biplane": "V", "help": "H", "pause": "ESCAPE", "end": "E",
     "language": "L", "abort": "Q", "pulse_rate": "F", "overview": "O", "review": "W",
     "carm": "C", "carm_plane": "K", "zoom": "Z", "collimate_in": "[", "collimate_out": "]", "inject": "J",
+    "table": "T",
 }
 
 # actions a gamepad button can carry: the keyboard's one-shot actions plus the device in hand
 GAMEPAD_ACTIONS = frozenset({"dsa", "roadmap", "insert", "remove", "next_table", "prev_table", "balloon",
                              "aspiration", "biplane", "help", "pause", "end", "pulse_rate", "overview", "review",
-                             "carm_plane", "zoom", "collimate_in", "collimate_out", "inject",
+                             "carm_plane", "zoom", "collimate_in", "collimate_out", "inject", "table",
                              "next_device", "prev_device", "abort"})
 
 DEFAULT_GAMEPAD: dict[str, Any] = {

@@ -112,9 +112,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "hud_field": {"fr": "Arceau actif (K) : {plane}, champ {fov:g} cm{auto}, iris {coll:.0f} %",
                   "en": "Active C-arm (K): {plane}, field {fov:g} cm{auto}, iris {coll:.0f} %"},
     "help_carm": {"fr": "Arceau : C (maintenir) + flèches = rotation OAG/OAD et crânial/caudal · K : plan frontal/latéral · "
-                        "Z : champ (auto, 30, 22, 16, 11 cm) · [ / ] : fermer / ouvrir l'iris",
+                        "Z : champ (auto, 30, 22, 16, 11 cm) · [ / ] : fermer / ouvrir l'iris · "
+                        "T : table (suit la pointe, tête, cou)",
                   "en": "C-arm: C (hold) + arrows = LAO/RAO and cranial/caudal · K: frontal/lateral plane · "
-                        "Z: field (auto, 30, 22, 16, 11 cm) · [ / ]: close / open the iris"},
+                        "Z: field (auto, 30, 22, 16, 11 cm) · [ / ]: close / open the iris · "
+                        "T: table (follows the tip, head, neck)"},
     "hud_tip": {"fr": "pointe : {where}", "en": "tip: {where}"},
     "hud_beyond": {"fr": "{mm:+.0f} mm / {name}", "en": "{mm:+.0f} mm out of {name}"},
     "hud_pulse": {"fr": "Scopie pulsée {pps:g} i/s", "en": "Pulsed fluoro {pps:g} p/s"},

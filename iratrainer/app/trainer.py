@@ -498,6 +498,10 @@ class TrainerApp:
                 order = [None, *FOV_CM]
                 nxt = order[(order.index(cur) + 1) % len(order) if cur in order else 0]
                 self.pending = f"zoom:{self.carm_plane}:{'auto' if nxt is None else f'{nxt:g}'}"
+            elif key == k["table"]:
+                order = ["", "head", "neck"]
+                nxt = order[(order.index(self.proc.table_user) + 1) % len(order)]
+                self.pending = f"table:{nxt or 'auto'}"
             elif key in (k["collimate_in"], k["collimate_out"]):
                 c = self.proc.planes[self.carm_plane].collimation + (-0.1 if key == k["collimate_in"] else 0.1)
                 self.pending = f"collimate:{self.carm_plane}:{min(1.0, max(0.2, round(c, 2))):g}"

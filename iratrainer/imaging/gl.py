@@ -7,9 +7,12 @@ The same equations as the CPU reference (:mod:`iratrainer.imaging.raycast`), in 
   path counts once with the largest μ where capsules overlap;
 * devices: flat-ended cylinders summed, k x k rays per pixel for thin tubes.
 
-Candidate capsules are binned on the CPU into 8 x 8-pixel tiles (from the same
-projected bounding boxes as the CPU path) and handed to the fragment shader as integer
-textures; each fragment loops over its tile's list. Image formation (noise, blur, log)
+Vessel capsules are binned on the CPU into 8 x 8-pixel tiles (from the same projected
+bounding boxes as the CPU path) and handed to the fragment shader as integer textures;
+each fragment loops over its tile's list (a union needs every capsule of the ray at
+once). Device cylinders are summed, so each is drawn as its own instanced quad (the
+projected axis widened by the same margin as the bounding boxes) and the fragments add
+up by blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
 is shared with the CPU path. :func:`make_gl_renderer` falls back to the CPU renderer,
 with a warning that says why, when no GL context can be created.
 """
@@ -175,27 +178,39 @@ ivec2 tile_list(int col, int row) {
 int candidate(int idx) { return texelFetch(lists, ivec2(idx & 4095, idx >> 12), 0).x; }
 """.replace("SHIFT", str(TILE.bit_length() - 1))
 
-_DEVICES = _CAPSULES + _TILE_LIST + """
+# one instance per device cylinder: a quad around its projected axis, widened by the margin
+_VERT_CYLINDER = """
+#version 330 core
+uniform sampler2D seg;
+uniform int n;
+flat out int sid;
+void main() {
+    int s = gl_InstanceID;
+    vec4 P = texelFetch(seg, ivec2(s, 3), 0);
+    float reach = texelFetch(seg, ivec2(s, 2), 0).y;
+    vec2 ab = P.zw - P.xy; float l = length(ab);
+    vec2 t = l > 1e-6 ? ab / l : vec2(1.0, 0.0); vec2 q = vec2(-t.y, t.x);
+    float along = (gl_VertexID & 1) == 0 ? -reach : l + reach;
+    float side = (gl_VertexID & 2) == 0 ? -reach : reach;
+    vec2 p = P.xy + along * t + side * q;   // pixel units; NDC below
+    gl_Position = vec4(p / float(n) * 2.0 - 1.0, 0.0, 1.0);
+    sid = s;
+}
+"""
+
+_DEVICES = _CAPSULES.replace("out float result;", "out float result;\nflat in int sid;") + """
 void main() {
     int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
-    vec2 pix = gl_FragCoord.xy;
-    ivec2 tc = tile_list(col, row);
-    float acc = 0.0;
-    for (int i = 0; i < tc.y; ++i) {
-        int s = candidate(tc.x + i);
-        if (misses(s, pix)) continue;
-        vec4 A = texelFetch(seg, ivec2(s, 0), 0);
-        vec4 B = texelFetch(seg, ivec2(s, 1), 0);
-        int k = int(texelFetch(seg, ivec2(s, 2), 0).x);
-        float sub = 0.0;
-        for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
-            vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
-                             float(row) + (float(si) + 0.5) / float(k));
-            sub += cylinder(src, d, A.xyz, B.xyz, A.w);
-        }
-        acc += B.w * sub / float(k * k);
+    vec4 A = texelFetch(seg, ivec2(sid, 0), 0);
+    vec4 B = texelFetch(seg, ivec2(sid, 1), 0);
+    int k = int(texelFetch(seg, ivec2(sid, 2), 0).x);
+    float sub = 0.0;
+    for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
+        vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
+                         float(row) + (float(si) + 0.5) / float(k));
+        sub += cylinder(src, d, A.xyz, B.xyz, A.w);
     }
-    result = acc;
+    result = B.w * sub / float(k * k);   // summed over cylinders by additive blending
 }
 """
 
@@ -349,18 +364,18 @@ class GlRenderer(CpuRenderer):
         self._vao = GL.glGenVertexArrays(1)
         self._prog_ell = self._program(_ELLIPSOIDS)
         self._prog_ves = self._program(_VESSELS)
-        self._prog_dev = self._program(_DEVICES)
+        self._prog_dev = self._program(_DEVICES, _VERT_CYLINDER)
         self._prog_chords = self._program(_CHORDS)
         self._chord_tex: dict[int, tuple[object, list[tuple[str, int, bool]]]] = {}
         self._fbo = GL.glGenFramebuffers(1)
         self._targets: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ GL plumbing
-    def _program(self, frag: str) -> int:
+    def _program(self, frag: str, vert: str = _VERT) -> int:
         GL = self.ctx.GL
         from OpenGL.GL import shaders
 
-        return int(shaders.compileProgram(shaders.compileShader(_VERT, GL.GL_VERTEX_SHADER),
+        return int(shaders.compileProgram(shaders.compileShader(vert, GL.GL_VERTEX_SHADER),
                                           shaders.compileShader(frag, GL.GL_FRAGMENT_SHADER),
                                           validate=False))
 
@@ -383,7 +398,9 @@ class GlRenderer(CpuRenderer):
         return self._targets[n]
 
     def _draw(self, prog: int, plane: CArmPlane, textures: list[tuple[str, int, bool]],
-              ints: dict[str, int]) -> np.ndarray:
+              ints: dict[str, int], instances: int = 0) -> np.ndarray:
+        """One pass into the plane's float target, read back: a full-frame quad, or
+        ``instances`` quads placed by the vertex shader and summed by additive blending."""
         GL = self.ctx.GL
         n = plane.matrix
         target = self._target(n)
@@ -403,7 +420,15 @@ class GlRenderer(CpuRenderer):
             GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
             GL.glUniform1i(GL.glGetUniformLocation(prog, name), unit)
         GL.glBindVertexArray(self._vao)
-        GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
+        if instances:
+            GL.glClearColor(0.0, 0.0, 0.0, 0.0)
+            GL.glClear(GL.GL_COLOR_BUFFER_BIT)
+            GL.glEnable(GL.GL_BLEND)
+            GL.glBlendFunc(GL.GL_ONE, GL.GL_ONE)
+            GL.glDrawArraysInstanced(GL.GL_TRIANGLE_STRIP, 0, 4, instances)
+            GL.glDisable(GL.GL_BLEND)
+        else:
+            GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
         buf = GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT)
         out = np.frombuffer(buf, dtype=np.float32).reshape(n, n).astype(np.float64)
         for _, tex, owned in textures:
@@ -438,8 +463,23 @@ class GlRenderer(CpuRenderer):
         self._bg_cache[key] = bg
         return bg
 
-    def _capsules(self, plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray, mu: np.ndarray,
-                  ks: np.ndarray, union: bool) -> np.ndarray:
+    def _segment_texture(self, plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray, mu: np.ndarray,
+                         ks: np.ndarray, proj: tuple[np.ndarray, ...]) -> int:
+        """Per capsule: ends (mm), radius (mm), μ (1/mm), rays per pixel side, the reach (px) and
+        the projected ends (pixels), as an S x 4 RGBA32F texture."""
+        GL = self.ctx.GL
+        pa, za, pb, zb = proj
+        zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
+        seg = np.zeros((4, len(a), 4), np.float32)
+        seg[0, :, :3], seg[0, :, 3] = a, r
+        seg[1, :, :3], seg[1, :, 3] = b, mu
+        seg[2, :, 0] = ks
+        seg[2, :, 1] = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5  # as the bounding boxes
+        seg[3, :, :2], seg[3, :, 2:] = pa, pb
+        return self._texture(seg, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
+
+    def _capsules(self, plane: CArmPlane, a: np.ndarray, b: np.ndarray, r: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """Iodine through the union of capsules, the rays cast directly (tile lists)."""
         GL = self.ctx.GL
         n = plane.matrix
         if len(a) == 0:
@@ -474,18 +514,11 @@ class GlRenderer(CpuRenderer):
         tiles_tex = tiles_tex.reshape(-1, width, 2)
         lst = np.zeros(((len(ps) + width - 1) // width) * width, np.int32)
         lst[:len(ps)] = ps
-        zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
-        seg = np.zeros((4, len(a), 4), np.float32)
-        seg[0, :, :3], seg[0, :, 3] = a, r
-        seg[1, :, :3], seg[1, :, 3] = b, mu
-        seg[2, :, 0] = ks
-        seg[2, :, 1] = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5  # as the bounding boxes
-        seg[3, :, :2], seg[3, :, 2:] = pa, pb
-        t_seg = self._texture(seg, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
+        t_seg = self._segment_texture(plane, a, b, r, mu, np.ones(len(a)), (pa, za, pb, zb))
         t_tiles = self._texture(tiles_tex, GL.GL_RG32I, GL.GL_RG_INTEGER, GL.GL_INT)
         t_list = self._texture(lst.reshape(-1, width), GL.GL_R32I, GL.GL_RED_INTEGER, GL.GL_INT)
         textures = [("seg", t_seg, True), ("tiles", t_tiles, True), ("lists", t_list, True)]
-        return self._draw(self._prog_ves if union else self._prog_dev, plane, textures, {"tiles_x": tx})
+        return self._draw(self._prog_ves, plane, textures, {"tiles_x": tx})
 
     def _rows(self, data: np.ndarray, kind: str) -> int:
         """A 1-D array as a texture 4096 texels wide (int32 or float32)."""
@@ -549,7 +582,7 @@ class GlRenderer(CpuRenderer):
             return out + self._draw(self._prog_chords, plane, [*tex, ("mu", mu, True)], {})
         mu = mu_i * c[keep]
         r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
-        return out + self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, np.ones(len(r)), True)
+        return out + self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu)
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Devices as summed flat-ended cylinders with k x k rays for thin tubes, in GLSL."""
@@ -557,10 +590,12 @@ class GlRenderer(CpuRenderer):
         if not parts:
             return np.zeros((plane.matrix, plane.matrix))
         a, b, r, mu = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        _, za = plane.project(a)
+        pa, za = plane.project(a)
+        pb, zb = plane.project(b)
         r_px = r * plane.sid_mm / np.maximum(za, 1.0) / plane.pixel_mm
-        ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, self.device_supersample))
-        return self._capsules(plane, a, b, r, mu, ks.astype(float), False)
+        ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, self.device_supersample)).astype(float)
+        t_seg = self._segment_texture(plane, a, b, r, mu, ks, (pa, za, pb, zb))
+        return self._draw(self._prog_dev, plane, [("seg", t_seg, True)], {}, instances=len(a))
 
     def line_integrals(self, scene: Scene, plane: CArmPlane, e_kev: float) -> LineIntegrals:
         """All three components, computed on the GPU (or Mesa's software rasterizer)."""

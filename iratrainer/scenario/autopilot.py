@@ -110,6 +110,7 @@ class Autopilot:
         self.tip_px: dict[str, dict[str, np.ndarray]] = {}
         self.dir_px: dict[str, dict[str, np.ndarray]] = {}
         self._pulses = 0
+        self._distal_from = self._supra_aortic_arc()
         self._script = self._run()
         self.done = False
 
@@ -176,22 +177,45 @@ class Autopilot:
     def _act(self, action: str) -> Iterator[Controls]:
         yield Controls(action=action)
 
+    def _angio(self, view: str, seconds: float, fov_cm: float = 30.0) -> Iterator[Controls]:
+        """A biplane DSA run framed on the head or the neck, then the working field again.
+
+        Diagnostic and control runs take the whole head (a 30 cm field: about 19 cm at the
+        isocentre); navigation works in the automatic field that follows the tip.
+        """
+        yield from self._act(f"table:{view}")
+        for plane in self.proc.planes:
+            yield from self._act(f"zoom:{plane}:{fov_cm:g}")
+        yield from self._act(f"dsa:{seconds:g}")
+        yield from self._wait(seconds + 0.5)
+        for plane in self.proc.planes:
+            yield from self._act(f"zoom:{plane}:auto")
+        yield from self._act("table:auto")
+
     def _inserted(self, name: str) -> float:
         d = self.proc.device(name)
         return d.inserted_mm if d is not None else 0.0
 
     def _move_to(self, name: str, target_mm: float, speed: float | None = None, fluoro: bool = False) -> Iterator[Controls]:
-        """Move the hub until the device is ``target_mm`` in (stops when it no longer moves)."""
+        """Move the hub until the device is ``target_mm`` in (stops when it no longer moves).
+
+        A move that ends beyond the arch (in the neck or the head) is watched under
+        fluoroscopy and made at most at twice the fine speed, as in a real suite; in the aorta,
+        and when a device is taken out, the expert moves quickly and blind.
+        """
         speed = speed or self.style.speed_mm_s
         fluoro = fluoro or self.style.fluoro_always
+        watch = target_mm > self._distal_from  # a move that ends beyond the arch (a removal is quick)
         stuck = 0
         while True:
             cur = self._inserted(name)
             err = target_mm - cur
             if abs(err) < 0.3 or self.proc.terminated:
                 return
-            v = math.copysign(min(speed, abs(err) / self.proc.dt), err)
-            yield Controls(device=name, advance_mm_s=v, fluoro=fluoro)
+            distal = watch and max(cur, target_mm) > self._distal_from
+            v_max = min(speed, 2.0 * self.style.fine_speed_mm_s) if distal else speed
+            v = math.copysign(min(v_max, abs(err) / self.proc.dt), err)
+            yield Controls(device=name, advance_mm_s=v, fluoro=fluoro or distal)
             stuck = stuck + 1 if abs(self._inserted(name) - cur) < 1e-6 else 0
             if stuck > 15:
                 return
@@ -304,6 +328,19 @@ class Autopilot:
             yield from self._navigate_case()
             return
         yield from self._thrombectomy()
+
+    def _supra_aortic_arc(self) -> float:
+        """Insertion (mm) past which a tip is beyond the arch on the way to the target (0 from a head model)."""
+        if self.case.access == "model_root":
+            return 0.0
+        try:
+            route = self._route_to(self.case.goal.target)
+        except (KeyError, ValueError):
+            return math.inf
+        for k, lab in enumerate(route.labels):
+            if lab.endswith(("_CCA", "_ICA", "_VA", "BCT")) or lab.startswith("BCT"):
+                return float(route.arc[k])
+        return math.inf
 
     def _arch_catheter(self) -> str:
         arch = self.case.anatomy.get("arch", "I")
@@ -450,11 +487,13 @@ class Autopilot:
         g = self._inserted(guide)
         for name in (mw, mc, dac):
             yield from self._move_to(name, g - 5.0)
-        yield from self._act("dsa")
-        yield from self._wait(8.5)
+        # diagnostic runs from the guide: the neck (unless a head model), then the whole head
+        # (the occlusion's cut-off, the collaterals, the venous phase)
+        if self.case.access != "model_root":
+            yield from self._angio("neck", 6.0)
+        yield from self._angio("head", 12.0)
         if self.style.extra_dsa:
-            yield from self._act("dsa")
-            yield from self._wait(8.5)
+            yield from self._angio("head", 8.0)
         del p
 
     def _thrombectomy(self) -> Iterator[Controls]:
@@ -482,8 +521,9 @@ class Autopilot:
             yield from self._act(f"remove:{name}")
         dac = self._pick("catheter")
         yield from self._move_to(dac, max(0.0, self._inserted(guide) - 10.0))
-        yield from self._act("dsa")
-        yield from self._wait(8.5)
+        yield from self._angio("head", 15.0)  # arterial to venous phase
+        if self.case.access != "model_root":  # the neck: no dissection where the guide sat
+            yield from self._angio("neck", 6.0)
         for name in [d.name for d in reversed(p.stack.devices)]:
             yield from self._move_to(name, 0.0)
             yield from self._act(f"remove:{name}")
@@ -518,8 +558,7 @@ class Autopilot:
             yield from self._wait(6.0)
             yield from self._move_to(dac, s0 - 30.0, speed=s.fine_speed_mm_s / 2, fluoro=s.fluoro_always)
             yield from self._act("aspiration:off")
-            yield from self._act("dsa")
-            yield from self._wait(8.5)
+            yield from self._angio("head", 12.0)
             if k not in p.dsa_defects:
                 return
 
@@ -547,6 +586,9 @@ class Autopilot:
             yield from self._move_to(dac, s_clot0 - 1.0, speed=s.fine_speed_mm_s, fluoro=True)
             yield from self._move_to(mw, 0.0)
             yield from self._act(f"remove:{mw}")
+            # a microcatheter run: its tip is beyond the clot in open lumen, not in a perforator
+            yield from self._act("dsa:4")
+            yield from self._wait(4.5)
             yield from self._act(f"insert:{sr}")
             yield from self._move_to(sr, self._inserted(mc) - 1.0)
             # unsheathe: hold the stent, pull the microcatheter back over it
@@ -572,8 +614,7 @@ class Autopilot:
             yield from self._act("aspiration:off")
             if s.name == "expert":  # the distal catheter back to the siphon, not to slow the flow it judges
                 yield from self._move_to(dac, s_clot0 - 40.0)
-            yield from self._act("dsa")
-            yield from self._wait(8.5)
+            yield from self._angio("head", 12.0)
             shown = p.tici_shown
             if shown and TICI_GRADES.index(shown) >= TICI_GRADES.index("2c" if s.name == "expert" else "2b"):
                 break

@@ -49,6 +49,12 @@ MAX_ROTATE_DEG_S = 720.0
 FLUORO_PPS = 7.5
 PULSE_RATES = (3.75, 7.5, 15.0, 30.0)  # pulses/s a fluoroscopy pedal can run at (REFERENCE.md)
 DSA_FPS = 3.0
+#: Table positions (isocentre, mm, and the automatic field of view, cm): the head (the circle
+#: of Willis near the isocentre) and the neck (carotid bifurcations and the siphons' origin).
+TABLE_VIEWS: dict[str, tuple[tuple[float, float, float], float]] = {
+    "head": ((0.0, 5.0, 215.0), 22.0),
+    "neck": ((0.0, 0.0, 60.0), 30.0),
+}
 PHASES = ("access", "arch_navigation", "cca_access_roadmap", "guide_placement", "crossing", "deployment",
           "retrieval", "control_dsa", "full_angiogram", "device_removal")
 WALL_FORCE_THRESHOLDS_N = (1.0, 2.0)
@@ -76,7 +82,9 @@ class Controls:
             automatic field that follows the tip), ``collimate:PLANE:FRACTION`` (iris radius as
             a fraction of the half field, 0.2-1),
             ``pulse:PPS`` (fluoroscopy pulse rate, one of 3.75, 7.5, 15, 30; the dose per pulse
-            does not change, so the dose rate does), ``end``.
+            does not change, so the dose rate does), ``table:head|neck|auto`` (move the table so
+            that the field frames the head or the neck, e.g. for an intracranial or a cervical run;
+            ``auto``: the table follows the leading tip again), ``end``.
     """
 
     device: str = ""
@@ -190,6 +198,7 @@ class Procedure:
         self._pulse_next = 0.0
         self.pulse_pps = FLUORO_PPS
         self.fov_user: dict[str, float] = {}  # planes the operator zoomed (else the field follows the tip)
+        self.table_user = ""  # "head" or "neck" when the operator placed the table (else it follows the tip)
         self._last_visited = len(self.stack.visited)
         self._on_path = self._route_labels()
         self._goal_labels = set(self.tree.subtree(case.goal.target))
@@ -396,6 +405,13 @@ class Procedure:
                 self.roadmap_planes.discard(plane)
                 self.log(self.time_s, verb, plane=plane, fov_cm=p.fov_cm, collimation=p.collimation,
                          clamped=[str(n) for n in notes])
+            elif verb == "table":
+                if args[0] not in (*TABLE_VIEWS, "auto"):
+                    raise TrackError(f"table position {args[0]!r} not one of {', '.join(TABLE_VIEWS)} or auto")
+                self.table_user = "" if args[0] == "auto" else args[0]
+                self._follow_tip()
+                self.log(self.time_s, "table", view=args[0],
+                         isocentre_mm=[round(float(x), 1) for x in self.planes["frontal"].isocentre_mm])
             elif verb == "pulse":
                 pps = float(args[0])
                 if pps not in PULSE_RATES:
@@ -438,7 +454,10 @@ class Procedure:
             raise InjectionError("no catheter in place to inject through")
         lab = self.stack.label_at(cath.inserted_mm)
         big = lab.startswith("AO")
-        vol, rate = ((20.0, 15.0) if big else (7.0, 5.0)) if kind == "dsa" else (4.0, 3.0)
+        if cath.spec.kind == "microcatheter":  # a gentle injection through the microcatheter (distal bed)
+            vol, rate = (2.0, 1.0) if kind == "dsa" else (1.0, 1.0)
+        else:
+            vol, rate = ((20.0, 15.0) if big else (7.0, 5.0)) if kind == "dsa" else (4.0, 3.0)
         self._inject(vol, rate, "power")
         self._dsa_until = self.time_s + duration_s
         self._dsa_next = self.time_s
@@ -593,14 +612,18 @@ class Procedure:
 
     # ------------------------------------------------------------------ imaging bookkeeping
     def _follow_tip(self) -> None:
-        """The table follows the leading tip: abdomen/chest, neck or head field."""
-        if not self.stack.devices:
-            return
-        tip = self.stack.point_at(max(d.inserted_mm for d in self.stack.devices))
-        z = float(tip[2])
-        z_table = 50.0 * round(z / 50.0)  # the table is moved in 5 cm steps (and the images' background cached)
-        iso, fov = ((0.0, 5.0, 215.0), 22.0) if z > 150 else (((0.0, 0.0, 60.0), 30.0) if z > -20 else
-                                                               ((0.0, 0.0, z_table), 30.0))
+        """Place the table: where the operator put it (``table:`` action), else following the
+        leading tip (abdomen/chest, neck or head field)."""
+        if self.table_user:
+            iso, fov = TABLE_VIEWS[self.table_user]
+        else:
+            if not self.stack.devices:
+                return
+            tip = self.stack.point_at(max(d.inserted_mm for d in self.stack.devices))
+            z = float(tip[2])
+            z_table = 50.0 * round(z / 50.0)  # the table is moved in 5 cm steps (and the images' background cached)
+            iso, fov = (TABLE_VIEWS["head"] if z > 150 else TABLE_VIEWS["neck"] if z > -20 else
+                        ((0.0, 0.0, z_table), 30.0))
         for name, p in self.planes.items():
             want = self.fov_user.get(name, self.case.carm.get("fov_cm", fov))  # the operator's zoom wins
             if p.isocentre_mm != iso or p.fov_cm != want:

@@ -11,7 +11,8 @@ the validated metrics of REFERENCE.md): each error has a weight, a time in the p
 ``[scoring]``): outcome (final mTICI, complications), time, fluoroscopy, dose (DAP),
 contrast, passes, safety (wrong-vessel entries, wall force, errors). Reference values
 per level (:data:`REFERENCE`) were set from the expert autopilot on the shipped cases of
-the level with headroom (1.2-2x its figures; well under the published clinical times),
+the level with headroom (1.2-2x its figures; well under the published clinical times; the
+thrombectomy's DAP is the published one-pass median),
 so an expert lands at 90-100 and a novice lower; the proficiency benchmark is a score of
 at least 70 with success and no complication.
 """
@@ -30,8 +31,9 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 REFERENCE: dict[str, tuple[float, float, float, float]] = {
     "navigation_basics": (90.0, 90.0, 3.0, 8.0),
     "arch": (120.0, 120.0, 4.0, 10.0),
-    "intracranial": (240.0, 150.0, 10.0, 20.0),
-    "thrombectomy": (900.0, 240.0, 30.0, 45.0),
+    "intracranial": (300.0, 400.0, 30.0, 25.0),
+    # DAP: the published median of a one-pass thrombectomy (Weyland, Eur Radiol 2020: 68.7 Gy·cm²)
+    "thrombectomy": (900.0, 600.0, 68.7, 60.0),
 }
 PASS_MARK = 70.0
 TICI_SCORE = {"3": 1.0, "2c": 0.9, "2b": 0.75, "2a": 0.3, "1": 0.05, "0": 0.0}
