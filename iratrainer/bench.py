@@ -176,6 +176,18 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
                          "noise, blur and log on the CPU (compiled, every core)"),
             "repeats": repeats,
         }
+    chain = PlaneChain(base, DoseMeter(), np.random.default_rng(0), renderer=gl)
+    gl_step = itertools.count()
+
+    def gl_moving() -> None:
+        chain.set_plane(replace(base, lao_deg=base.lao_deg + 0.05 * next(gl_step)))
+        chain.fluoro_pulse(scene)
+
+    fps = median_rate(gl_moving, 1.0, max(3, repeats // 2), min_time_s=0.2)
+    yield {"name": "render.gl_1024_moving_fps", "value": round(fps, 2), "unit": "frames/s",
+           "workload": (f"as render.numpy_1024_moving_fps (the C-arm rotating, every pulse a new view: the "
+                        f"vessel rays cast directly in GLSL), {where}"),
+           "repeats": max(3, repeats // 2)}
     chains = [PlaneChain(p(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)
               for p in (frontal, lateral)]
     fps = median_rate(lambda: [c.fluoro_pulse(scene) for c in chains], 1.0, repeats, min_time_s=0.2)

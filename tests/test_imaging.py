@@ -375,6 +375,21 @@ def test_gl_device_quads_match_the_cpu_devices(gl_renderer):
     assert np.abs(gl - cpu).max() < 1e-3 * cpu.max()
 
 
+def test_gl_phantom_boxes_match_the_cpu_background(gl_renderer):
+    """Each phantom ellipsoid is an instanced quad over the pixel box its bounding cube
+    projects to (the CPU kernel's box), summed by blending: the same background, also in an
+    oblique view where skull, spine and shoulders leave the field."""
+    from iratrainer.anatomy.atlas import build_atlas
+
+    tree = build_atlas()
+    for plane in (frontal(matrix=160), lateral(matrix=160, lao_deg=75.0, cran_deg=20.0)):
+        scene = Scene(tree, 0.0, ())
+        cpu = CpuRenderer().background(scene, plane, 50.0)
+        gl = gl_renderer.background(scene, plane, 50.0)
+        assert cpu.max() > 5.0
+        assert np.abs(gl - cpu).max() < 1e-4 * cpu.max()
+
+
 def test_a_still_view_reuses_its_chords_and_a_moving_one_casts_rays(gl_renderer):
     """First frame of a view: rays cast directly; from the second: the view's chords, same image."""
     from dataclasses import replace

@@ -28,7 +28,7 @@ import numpy as np
 
 from iratrainer.imaging.chords import VesselChords
 from iratrainer.imaging.geometry import CArmPlane
-from iratrainer.imaging.raycast import _bboxes
+from iratrainer.imaging.raycast import _bboxes, _ellipsoid_boxes
 from iratrainer.imaging.render import CpuRenderer, LineIntegrals, blob_integrals, device_segments
 from iratrainer.imaging.scene import Scene
 from iratrainer.imaging.xray import linear_attenuation_per_mm
@@ -59,27 +59,37 @@ vec3 ray_dir(float col, float row) {
 }
 """
 
+# one instance per ellipsoid: the pixel box its bounding cube projects to (as the CPU path)
+_VERT_ELLIPSOID = """
+#version 330 core
+uniform sampler2D ell;
+uniform int n;
+flat out int sid;
+void main() {
+    vec4 box = texelFetch(ell, ivec2(gl_InstanceID, 4), 0);   // col0, col1, row0, row1 (pixels)
+    vec2 p = vec2((gl_VertexID & 1) == 0 ? box.x : box.y, (gl_VertexID & 2) == 0 ? box.z : box.w);
+    gl_Position = vec4(p / float(n) * 2.0 - 1.0, 0.0, 1.0);
+    sid = gl_InstanceID;
+}
+"""
+
 _ELLIPSOIDS = _COMMON + """
-uniform sampler2D ell;  // K x 4 texels: centre+mu, inverse-axes rows 0..2
-uniform int K;
+uniform sampler2D ell;  // K x 5 texels: centre+mu, inverse-axes rows 0..2, pixel box
+flat in int sid;
 void main() {
     int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
     vec3 d = ray_dir(float(col) + 0.5, float(row) + 0.5);
-    float acc = 0.0;
-    for (int k = 0; k < K; ++k) {
-        vec4 c = texelFetch(ell, ivec2(k, 0), 0);
-        vec3 m0 = texelFetch(ell, ivec2(k, 1), 0).xyz;
-        vec3 m1 = texelFetch(ell, ivec2(k, 2), 0).xyz;
-        vec3 m2 = texelFetch(ell, ivec2(k, 3), 0).xyz;
-        float tr = dot(c.xyz - src, d);   // float32: origin next to the ellipsoid
-        vec3 o = src + tr * d - c.xyz;
-        vec3 q = vec3(dot(m0, o), dot(m1, o), dot(m2, o));
-        vec3 e = vec3(dot(m0, d), dot(m1, d), dot(m2, d));
-        float A = dot(e, e); float B = dot(q, e); float C = dot(q, q) - 1.0;
-        float disc = B * B - A * C;
-        if (disc > 0.0) acc += c.w * 2.0 * sqrt(disc) / A;
-    }
-    result = acc;
+    vec4 c = texelFetch(ell, ivec2(sid, 0), 0);
+    vec3 m0 = texelFetch(ell, ivec2(sid, 1), 0).xyz;
+    vec3 m1 = texelFetch(ell, ivec2(sid, 2), 0).xyz;
+    vec3 m2 = texelFetch(ell, ivec2(sid, 3), 0).xyz;
+    float tr = dot(c.xyz - src, d);   // float32: origin next to the ellipsoid
+    vec3 o = src + tr * d - c.xyz;
+    vec3 q = vec3(dot(m0, o), dot(m1, o), dot(m2, o));
+    vec3 e = vec3(dot(m0, d), dot(m1, d), dot(m2, d));
+    float A = dot(e, e); float B = dot(q, e); float C = dot(q, q) - 1.0;
+    float disc = B * B - A * C;
+    result = disc > 0.0 ? c.w * 2.0 * sqrt(disc) / A : 0.0;   // summed by additive blending
 }
 """
 
@@ -362,7 +372,7 @@ class GlRenderer(CpuRenderer):
         self.ctx = _Context()
         GL = self.ctx.GL
         self._vao = GL.glGenVertexArrays(1)
-        self._prog_ell = self._program(_ELLIPSOIDS)
+        self._prog_ell = self._program(_ELLIPSOIDS, _VERT_ELLIPSOID)
         self._prog_ves = self._program(_VESSELS)
         self._prog_dev = self._program(_DEVICES, _VERT_CYLINDER)
         self._prog_chords = self._program(_CHORDS)
@@ -452,13 +462,14 @@ class GlRenderer(CpuRenderer):
             bg = np.zeros((plane.matrix, plane.matrix))
         else:
             inv = np.transpose(r, (0, 2, 1)) / s[:, :, None]
-            tex = np.zeros((4, K, 4), np.float32)
+            tex = np.zeros((5, K, 4), np.float32)
             tex[0, :, :3] = c
             tex[0, :, 3] = mu
             for i in range(3):
                 tex[1 + i, :, :3] = inv[:, i, :]
+            tex[4] = _ellipsoid_boxes(plane, np.asarray(c, np.float64), np.asarray(s, np.float64))
             t = self._texture(tex, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
-            bg = self._draw(self._prog_ell, plane, [("ell", t, True)], {"K": K})
+            bg = self._draw(self._prog_ell, plane, [("ell", t, True)], {}, instances=K)
         bg.flags.writeable = False
         self._bg_cache[key] = bg
         return bg
