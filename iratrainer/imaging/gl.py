@@ -10,9 +10,10 @@ The same equations as the CPU reference (:mod:`iratrainer.imaging.raycast`), in 
 Vessel capsules are binned on the CPU into 8 x 8-pixel tiles (from the same projected
 bounding boxes as the CPU path) and handed to the fragment shader as integer textures;
 each fragment loops over its tile's list (a union needs every capsule of the ray at
-once). Device cylinders are summed, so each is drawn as its own instanced quad (the
-projected axis widened by the same margin as the bounding boxes) and the fragments add
-up by blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
+once). Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
+instanced quad (a cylinder's projected axis widened by the same margin as the bounding
+boxes; an ellipsoid's pixel box, as in the CPU kernel) and the fragments add up by
+blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
 is shared with the CPU path. :func:`make_gl_renderer` falls back to the CPU renderer,
 with a warning that says why, when no GL context can be created.
 """
