@@ -332,6 +332,11 @@ def test_default_case_expert_and_novice():
         published = (68.7, 106.4, 130.2, 169.9, 227.6)[n_pass - 1]
         assert 0.75 * published <= run.proc.dose.dap_gy_cm2 <= 1.25 * published, (n_pass, run.proc.dose.dap_gy_cm2)
     assert nv.proc.dose.dap_gy_cm2 > ex.proc.dose.dap_gy_cm2
+    # the run protocol: runs framed on the head and on the neck, a gentle run through the microcatheter
+    views = [e.data["view"] for e in ex.proc.events if e.kind == "table"]
+    assert {"head", "neck", "auto"} <= set(views)
+    micro = [e.data for e in ex.proc.events if e.kind == "inject" and e.data["catheter"] == "microcatheter_021"]
+    assert micro and all(d["volume_ml"] == 2.0 and d["rate_ml_s"] == 1.0 for d in micro)
     again = replay(case, 1, ex.control_log, ex.proc.step_index)
     assert json.dumps(again.event_log()) == json.dumps(ex.proc.event_log())
 

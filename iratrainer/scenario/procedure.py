@@ -454,11 +454,12 @@ class Procedure:
             raise InjectionError("no catheter in place to inject through")
         lab = self.stack.label_at(cath.inserted_mm)
         big = lab.startswith("AO")
-        if cath.spec.kind == "microcatheter":  # a gentle injection through the microcatheter (distal bed)
+        micro = cath.spec.kind == "microcatheter"
+        if micro:  # a gentle hand injection through the microcatheter (the distal bed)
             vol, rate = (2.0, 1.0) if kind == "dsa" else (1.0, 1.0)
         else:
             vol, rate = ((20.0, 15.0) if big else (7.0, 5.0)) if kind == "dsa" else (4.0, 3.0)
-        self._inject(vol, rate, "power")
+        self._inject(vol, rate, "hand" if micro else "power")
         self._dsa_until = self.time_s + duration_s
         self._dsa_next = self.time_s
         self._dsa_kind = kind
