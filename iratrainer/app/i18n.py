@@ -109,8 +109,11 @@ STRINGS: dict[str, dict[str, str]] = {
     "change_trainee": {"fr": "(T : changer)", "en": "(T: change)"},
     "review_label": {"fr": "revue DSA {k}/{n}", "en": "DSA review {k}/{n}"},
     "review_none": {"fr": "Pas encore de série DSA à revoir", "en": "No DSA run to review yet"},
-    "hud_field": {"fr": "Arceau actif (K) : {plane}, champ {fov:g} cm{auto}, iris {coll:.0f} %",
-                  "en": "Active C-arm (K): {plane}, field {fov:g} cm{auto}, iris {coll:.0f} %"},
+    "hud_field": {"fr": "Arceau actif (K) : {plane}, champ {fov:g} cm{auto}, iris {coll:.0f} %, table (T) : {view}",
+                  "en": "Active C-arm (K): {plane}, field {fov:g} cm{auto}, iris {coll:.0f} %, table (T): {view}"},
+    "view_auto": {"fr": "suit la pointe", "en": "follows the tip"},
+    "view_head": {"fr": "tête", "en": "head"},
+    "view_neck": {"fr": "cou", "en": "neck"},
     "help_carm": {"fr": "Arceau : C (maintenir) + flèches = rotation OAG/OAD et crânial/caudal · K : plan frontal/latéral · "
                         "Z : champ (auto, 30, 22, 16, 11 cm) · [ / ] : fermer / ouvrir l'iris · "
                         "T : table (suit la pointe, tête, cou)",

@@ -963,7 +963,8 @@ class TrainerApp:
                           llao=pl["lateral"].lao_deg, lcran=pl["lateral"].cran_deg) + "   " +
                        tr("hud_field", self.lang, plane=tr(self.carm_plane, self.lang),
                           fov=pl[self.carm_plane].fov_cm, coll=100 * pl[self.carm_plane].collimation,
-                          auto="" if self.carm_plane in p.fov_user else " auto"), x, y, self.small)
+                          auto="" if self.carm_plane in p.fov_user else " auto",
+                          view=tr(f"view_{p.table_user or 'auto'}", self.lang)), x, y, self.small)
         y = self._text(tr("hud_pulse", self.lang, pps=p.pulse_pps) + "   " +
                        tr("hud_table", self.lang, name=self.case.devices[self.table]), x, y, self.small)
         for k, d in enumerate(p.stack.devices):
