@@ -219,3 +219,14 @@ def test_construct_validity_expert_beats_novice_over_ten_seeds():
     rows = construct_validity(seeds=range(10))
     for key in ("score", "procedure_time_s", "fluoro_time_s", "dap_gy_cm2", "contrast_ml"):
         assert rows[key]["expert_better"], (key, rows[key])
+
+
+def test_the_runs_finding_allows_the_protocol_runs_of_each_pass():
+    """Six runs for one pass, two more (microcatheter and control runs) per further pass."""
+    from iratrainer.scoring.rubric import checklist
+
+    def codes(runs: int, passes: int) -> set[str]:
+        return {f.code for f in checklist({"dsa_runs": runs, "passes": passes}, [], "thrombectomy")}
+
+    assert "runs" not in codes(6, 1) and "runs" in codes(7, 1)
+    assert "runs" not in codes(8, 2) and "runs" in codes(9, 2)

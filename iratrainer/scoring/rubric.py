@@ -142,7 +142,9 @@ def checklist(metrics: dict[str, Any], events: list[dict[str, Any]], level: str)
             "en": f"Fluoroscopy {metrics['fluoro_time_s'] / 60:.1f} min: use the pedal only while moving a device.",
             "fr": f"Scopie {metrics['fluoro_time_s'] / 60:.1f} min : n'appuyer sur la pédale qu'en bougeant un "
                   "matériel."}))
-    if metrics.get("dsa_runs", 0) > 6:
+    # a one-pass thrombectomy takes about six runs (cervical, intracranial, microcatheter,
+    # control, final intracranial and cervical); each further pass a microcatheter and a control run
+    if metrics.get("dsa_runs", 0) > 6 + 2 * max(0, int(metrics.get("passes", 0)) - 1):
         out.append(Finding("runs", 1.5, 0.0, {
             "en": f"{metrics['dsa_runs']} DSA runs: plan each acquisition.",
             "fr": f"{metrics['dsa_runs']} acquisitions : planifier chaque série."}))
