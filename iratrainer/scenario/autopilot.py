@@ -338,7 +338,7 @@ class Autopilot:
         except (KeyError, ValueError):
             return math.inf
         for k, lab in enumerate(route.labels):
-            if lab.endswith(("_CCA", "_ICA", "_VA", "BCT")) or lab.startswith("BCT"):
+            if lab.endswith(("_CCA", "_ICA", "_VA")) or lab.startswith("BCT"):
                 return float(route.arc[k])
         return math.inf
 
