@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from iratrainer.imaging.detector import filter_and_window
 from iratrainer.imaging.dose import DoseMeter, Exposure
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.render import CpuRenderer, ImageOptions, form_image
@@ -143,7 +144,7 @@ class PlaneChain:
     def _expose(self, scene: Scene, kind: str) -> tuple[np.ndarray, Exposure]:
         tech = self._technique(kind)
         L = self.renderer.line_integrals(scene, self.plane, tech.energy_kev)
-        lhat = form_image(L.total, self.plane, tech, self.settings.options, self.rng)
+        lhat = form_image(L, self.plane, tech, self.settings.options, self.rng)
         exp = DoseMeter.exposure(self.plane, tech, kind)
         self.dose.record(exp, 1.0 / self.settings.pps if kind == "fluoro" else 0.0)
         return lhat, exp
@@ -172,6 +173,15 @@ class PlaneChain:
         """One fluoroscopy pulse: exposure, recursive filter, roadmap if stored; updates LIH."""
         lhat, exp = self._expose(scene, "fluoro")
         a = self.settings.recursive_filter
+        if self._roadmap is None and self._rf is not None and a != 0 and self._rf.shape == lhat.shape:
+            # the filter and the display in one compiled pass (the same arithmetic as below)
+            lo, hi = self.window(scene)
+            rf = np.empty_like(lhat)
+            disp = np.empty(lhat.shape, np.float32)
+            filter_and_window(lhat, self._rf, float(a), lo, hi, self.plane.field_mask(), rf, disp)
+            self._rf = rf
+            self._lih = Frame(self.plane.name, "fluoro", scene.time_s, _ro(disp, np.float32), _ro(rf), exp)
+            return self._lih
         self._rf = lhat if (self._rf is None or a == 0) else a * self._rf + (1.0 - a) * lhat
         if self._roadmap is not None:
             if self._fluoro_mask is None:

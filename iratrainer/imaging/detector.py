@@ -26,7 +26,7 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["detect", "gaussian_kernel"]
+__all__ = ["detect", "filter_and_window", "gaussian_kernel"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -127,13 +127,36 @@ def _quanta(lam, seed, index):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, parallel=True)
-def _counts(L, gain, n0, noise, seed, out):  # pragma: no cover - numba
+def _counts(L, L2, L3, gain, n0, noise, seed, out):  # pragma: no cover - numba
+    """Quanta per pixel for the line integral ``(L + L2) + L3`` (the renderer's three parts,
+    summed here in the order NumPy would, so no summed image is made)."""
     n = L.shape[0]
     m = L.shape[1]
     for i in nb.prange(n):
         for j in range(m):
-            lam = n0 * gain[i, j] * math.exp(-L[i, j])
+            lam = n0 * gain[i, j] * math.exp(-((L[i, j] + L2[i, j]) + L3[i, j]))
             out[i, j] = _quanta(lam, seed, i * m + j) if noise else lam
+
+
+@nb.njit(cache=True, parallel=True)
+def filter_and_window(lhat, prev, a, lo, hi, mask, rf, disp):  # pragma: no cover - numba
+    """Recursive filter and fluoroscopy display in one pass.
+
+    ``rf = a·prev + (1 − a)·lhat`` and ``disp = clip(1 − (rf − lo)/(hi − lo), 0, 1)·mask``
+    (float32), element by element in the order NumPy evaluates them, so the result is the
+    same to the bit.
+    """
+    n = lhat.shape[0]
+    m = lhat.shape[1]
+    b = 1.0 - a
+    span = hi - lo
+    for i in nb.prange(n):
+        for j in range(m):
+            v = a * prev[i, j] + b * lhat[i, j]
+            rf[i, j] = v
+            d = 1.0 - (v - lo) / span
+            d = min(max(d, 0.0), 1.0)
+            disp[i, j] = np.float32(d * mask[i, j])
 
 
 @nb.njit(cache=True, parallel=True)
@@ -185,12 +208,13 @@ def gaussian_kernel(sigma_px: float, truncate: float = 4.0) -> np.ndarray:
     return w / w.sum()
 
 
-def detect(L: np.ndarray, gain: np.ndarray, n0: float, mask: np.ndarray, blur_px: float,
-           seed: int | None) -> np.ndarray:
+def detect(L: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], gain: np.ndarray, n0: float,
+           mask: np.ndarray, blur_px: float, seed: int | None) -> np.ndarray:
     """The log image ``Lhat`` of a line-integral image.
 
     Args:
-        L: (n, n) total line integral (dimensionless).
+        L: (n, n) total line integral (dimensionless), or its three parts (background,
+            iodine, devices), summed in the kernel.
         gain: (n, n) vignetting profile ``g`` (relative intensity, 0-1).
         n0: unattenuated quanta per pixel for this exposure.
         mask: (n, n) collimated field (1 inside, 0 outside).
@@ -200,11 +224,17 @@ def detect(L: np.ndarray, gain: np.ndarray, n0: float, mask: np.ndarray, blur_px
     Returns:
         (n, n) float64 ``-ln(N / N0)``, 0 outside the field.
     """
-    L = np.ascontiguousarray(L, dtype=np.float64)
+    parts = [np.ascontiguousarray(x, dtype=np.float64) for x in (L if isinstance(L, tuple) else (L,))]
+    L = parts[0]
+    zero = np.zeros((1, 1))
+    if len(parts) == 1:
+        parts = [L, np.broadcast_to(zero, L.shape), np.broadcast_to(zero, L.shape)]
+    if any(x.shape != L.shape for x in parts):
+        raise ValueError("the line-integral parts differ in shape")
     gain = np.ascontiguousarray(np.broadcast_to(gain, L.shape), dtype=np.float64)
     mask = np.ascontiguousarray(np.broadcast_to(mask, L.shape), dtype=np.float64)
     counts = np.empty_like(L)
-    _counts(L, gain, float(n0), seed is not None, np.uint64(seed or 0), counts)
+    _counts(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), counts)
     w = gaussian_kernel(blur_px) if blur_px > 0 else np.ones(1)
     tmp = np.empty_like(L)
     if len(w) > 1:

@@ -21,6 +21,7 @@ Display mappings (window and level) live in :mod:`iratrainer.imaging.chain`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -208,23 +209,35 @@ def unattenuated_counts(plane: CArmPlane, technique: Technique) -> float:
 
 
 def form_image(
-    L: np.ndarray, plane: CArmPlane, technique: Technique, options: ImageOptions,
+    L: np.ndarray | LineIntegrals, plane: CArmPlane, technique: Technique, options: ImageOptions,
     rng: np.random.Generator | None,
 ) -> np.ndarray:
     """Beer-Lambert, vignetting, Poisson noise and blur; returns the log image ``Lhat``.
 
     Args:
-        L: (n, n) total line integral.
+        L: (n, n) total line integral, or the renderer's parts (summed in the detector kernel,
+            in the order of :attr:`LineIntegrals.total`).
         rng: the caller's generator; required when ``options.noise``.
 
     Returns:
         (n, n) float64 ``-ln(N / N0)``; outside the collimated field (no exposure) 0.
     """
     n0 = unattenuated_counts(plane, technique)
-    g = 1.0 - options.vignetting * plane.radius_fraction_sq()
+    g = _gain(plane.matrix, options.vignetting)
     seed = None
     if options.noise:
         if rng is None:
             raise ValueError("noise needs the caller's random generator")
         seed = int(rng.integers(0, 2**63))  # the frame's noise seed (counter-based draws per pixel)
-    return detect(L, g, n0, plane.field_mask(), options.blur_px, seed)
+    parts = (L.background, L.iodine, L.devices) if isinstance(L, LineIntegrals) else L
+    return detect(parts, g, n0, plane.field_mask(), options.blur_px, seed)
+
+
+@lru_cache(maxsize=16)
+def _gain(matrix: int, vignetting: float) -> np.ndarray:
+    """The vignetting profile ``1 − v·min(r, 1)²`` (relative intensity), read-only, cached."""
+    from iratrainer.imaging.geometry import _radius_fraction_sq
+
+    g = 1.0 - vignetting * _radius_fraction_sq(matrix)
+    g.flags.writeable = False
+    return g

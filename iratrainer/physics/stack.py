@@ -569,6 +569,7 @@ class DeviceStack:
         self._shape_flags: dict[tuple[str, str], bool] = {}
         self._pushed_blocked: dict[str, int] = {}
         self._commanded: dict[str, float] = {}
+        self._query_cache: tuple[np.ndarray, Any] | None = None
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -683,7 +684,13 @@ class DeviceStack:
                             pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] | None = None
                             ) -> None:
         allx = np.vstack([r.x for r in self.rods])
-        q = self.tree.query(allx)
+        cached = self._query_cache
+        # the end-of-step check queried the same positions (no damping, no node added): reuse it
+        if cached is not None and cached[0].shape == allx.shape and np.array_equal(cached[0], allx):
+            q = cached[1]
+        else:
+            q = self.tree.query(allx)
+        self._query_cache = None
         # the wall: the cylinder of the segment each node is in, closed by a sphere past the end
         # of its vessel's last segment and before the start of a vessel without a parent
         seg = q.segment
@@ -793,8 +800,12 @@ class DeviceStack:
         for rod in self.rods:
             if not np.all(np.isfinite(rod.x)) or not np.all(np.isfinite(rod.theta)):
                 raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
-        allx = np.vstack([r.x[:-2] for r in self.rods])
-        sd = self.tree.signed_distance(allx)
+        allx = np.vstack([r.x for r in self.rods])
+        q = self.tree.query(allx)
+        self._query_cache = (allx, q)  # the next step starts where this one ended
+        sd = q.signed_distance_mm.copy()
+        ends = np.cumsum([len(r.x) for r in self.rods])
+        sd[ends - 1] = sd[ends - 2] = -np.inf  # the kinematic nodes at the sheath
         if np.any(sd > 5.0):
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {sd.max():.1f} mm outside every vessel")
 
