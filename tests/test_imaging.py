@@ -133,6 +133,35 @@ def test_cached_vessel_chords_reweigh_to_the_direct_union_for_any_contrast():
         vc.integrals(-np.ones(40))
 
 
+def test_chords_regrouped_by_capsule_set_give_the_same_sum():
+    """Σ_sets len_σ × max μ over σ (the patches the OpenGL renderer draws) is the pieces' sum:
+    every capsule set once, lengths to float32 rounding, for any contrast."""
+    from iratrainer.imaging.chords import VesselChords
+
+    p = small_plane(matrix=64)
+    rng = np.random.default_rng(11)
+    c = rng.normal(0.0, 6.0, (60, 3))
+    a = c + rng.normal(0.0, 5.0, (60, 3))
+    b = c - rng.normal(0.0, 5.0, (60, 3))
+    r = rng.uniform(0.5, 3.0, 60)
+    vc = VesselChords(p, a, b, r)
+    g = vc.groups(atlas_width=256)
+    shared = g.group[g.group >= 60] - 60
+    assert len(shared) == len(g.set_ptr) - 1 > 0  # overlapping capsules make shared sets
+    sets = {tuple(g.set_ids[g.set_ptr[i]:g.set_ptr[i + 1]]) for i in range(len(shared))}
+    assert len(sets) == len(shared)  # each set once
+    # patches lie inside the image and the atlas, and do not overlap in the atlas
+    assert np.all(g.box[:, 0] + g.box[:, 2] <= 64) and np.all(g.box[:, 1] + g.box[:, 3] <= 64)
+    used = np.zeros(g.atlas.shape, int)
+    for (_, _, w, h), (ax, ay) in zip(g.box, g.origin, strict=True):
+        used[ay:ay + h, ax:ax + w] += 1
+    assert used.max() == 1
+    for trial in range(3):
+        mu = rng.uniform(0.0, 1.0, 60) * (rng.uniform(size=60) > 0.3 * trial)
+        want = vc.integrals(mu)
+        np.testing.assert_allclose(g.integrals(mu), want, rtol=0, atol=1e-6 * max(want.max(), 1.0))
+
+
 def test_ellipsoid_chord_matches_sphere_formula():
     p = small_plane()
     s, d = p.pixel_rays()

@@ -134,7 +134,8 @@ def _counts(L, L2, L3, gain, n0, noise, seed, out):  # pragma: no cover - numba
     m = L.shape[1]
     for i in nb.prange(n):
         for j in range(m):
-            lam = n0 * gain[i, j] * math.exp(-((L[i, j] + L2[i, j]) + L3[i, j]))
+            total = (np.float64(L[i, j]) + np.float64(L2[i, j])) + np.float64(L3[i, j])
+            lam = n0 * gain[i, j] * math.exp(-total)
             out[i, j] = _quanta(lam, seed, i * m + j) if noise else lam
 
 
@@ -224,7 +225,9 @@ def detect(L: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], gain: np.n
     Returns:
         (n, n) float64 ``-ln(N / N0)``, 0 outside the field.
     """
-    parts = [np.ascontiguousarray(x, dtype=np.float64) for x in (L if isinstance(L, tuple) else (L,))]
+    # float32 parts (an OpenGL read-back) stay float32: the kernel widens them exactly
+    parts = [np.ascontiguousarray(x, dtype=np.float32 if np.asarray(x).dtype == np.float32 else np.float64)
+             for x in (L if isinstance(L, tuple) else (L,))]
     L = parts[0]
     zero = np.zeros((1, 1))
     if len(parts) == 1:
@@ -233,14 +236,14 @@ def detect(L: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], gain: np.n
         raise ValueError("the line-integral parts differ in shape")
     gain = np.ascontiguousarray(np.broadcast_to(gain, L.shape), dtype=np.float64)
     mask = np.ascontiguousarray(np.broadcast_to(mask, L.shape), dtype=np.float64)
-    counts = np.empty_like(L)
+    counts = np.empty(L.shape)
     _counts(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), counts)
     w = gaussian_kernel(blur_px) if blur_px > 0 else np.ones(1)
-    tmp = np.empty_like(L)
+    tmp = np.empty(L.shape)
     if len(w) > 1:
         _blur_rows(counts, w, tmp)
     else:
         tmp, counts = counts, tmp
-    out = np.empty_like(L)
+    out = np.empty(L.shape)
     _blur_cols_log(tmp, w, float(n0), mask, out)
     return out

@@ -212,9 +212,17 @@ void main() {
 _DEVICES = _CAPSULES.replace("out float result;", "out float result;\nflat in int sid;") + """
 void main() {
     int col = int(gl_FragCoord.x); int row = int(gl_FragCoord.y);
+    // every ray of this pixel misses when its centre lies farther from the projected axis than
+    // the projected radius (the conservative reach less its 1.5 px margin) plus half a pixel
+    // diagonal: nothing to add, and no k x k rays to cast
+    vec4 P = texelFetch(seg, ivec2(sid, 3), 0);
+    vec2 kr = texelFetch(seg, ivec2(sid, 2), 0).xy;
+    vec2 ab = P.zw - P.xy; vec2 ap = gl_FragCoord.xy - P.xy;
+    float h = clamp(dot(ap, ab) / max(dot(ab, ab), 1e-12), 0.0, 1.0);
+    if (length(ap - h * ab) > kr.y - 1.5 + 0.7072) discard;
     vec4 A = texelFetch(seg, ivec2(sid, 0), 0);
     vec4 B = texelFetch(seg, ivec2(sid, 1), 0);
-    int k = int(texelFetch(seg, ivec2(sid, 2), 0).x);
+    int k = int(kr.x);
     float sub = 0.0;
     for (int si = 0; si < k; ++si) for (int sj = 0; sj < k; ++sj) {
         vec3 d = ray_dir(float(col) + (float(sj) + 0.5) / float(k),
@@ -286,36 +294,33 @@ void main() {
 """.replace("MAXI", str(MAX_INTERVALS))
 
 
-_CHORDS = """
+# a still view: the chords regrouped by capsule set (:class:`iratrainer.imaging.chords.ChordGroups`),
+# one instanced quad per patch over its pixel box, reading its lengths from the atlas, scaled
+# by the patch's μ and summed by additive blending
+_VERT_PATCH = """
 #version 330 core
-// a still view: the per-pixel ray pieces of :mod:`iratrainer.imaging.chords`, re-weighted
-uniform isampler2D ptr;    // per pixel p: (first single, first shared piece); p + 1 ends them
-uniform sampler2D single;  // single: (capsule index as float bits, summed length mm)
-uniform isampler2D mptr;   // shared piece: first capsule index in mids (next piece: the end)
-uniform sampler2D mlen;    // shared piece: length, mm
-uniform isampler2D mids;   // shared pieces' capsule indices
-uniform sampler2D mu;      // per capsule, 1/mm
+uniform sampler2D inst;   // per patch i: texel (i & 4095, 2 (i >> 12)) box (col, row, w, h); + 1 row: (atlas col, row, mu)
 uniform int n;
-out float result;
-ivec2 at(int i) { return ivec2(i & 4095, i >> 12); }
+flat out ivec2 off;
+flat out float mu;
 void main() {
-    int p = int(gl_FragCoord.y) * n + int(gl_FragCoord.x);
-    ivec2 s = texelFetch(ptr, at(p), 0).xy;
-    ivec2 e = texelFetch(ptr, at(p + 1), 0).xy;
-    float acc = 0.0;
-    for (int j = s.x; j < e.x; ++j) {
-        vec2 q = texelFetch(single, at(j), 0).xy;
-        acc += texelFetch(mu, at(floatBitsToInt(q.x)), 0).x * q.y;
-    }
-    for (int j = s.y; j < e.y; ++j) {
-        int k1 = texelFetch(mptr, at(j + 1), 0).x;
-        float best = 0.0;
-        for (int k = texelFetch(mptr, at(j), 0).x; k < k1; ++k)
-            best = max(best, texelFetch(mu, at(texelFetch(mids, at(k), 0).x), 0).x);
-        acc += best * texelFetch(mlen, at(j), 0).x;
-    }
-    result = acc;
+    ivec2 at = ivec2(gl_InstanceID & 4095, 2 * (gl_InstanceID >> 12));
+    vec4 box = texelFetch(inst, at, 0);
+    vec4 a = texelFetch(inst, at + ivec2(0, 1), 0);
+    vec2 p = vec2(box.x + ((gl_VertexID & 1) == 0 ? 0.0 : box.z), box.y + ((gl_VertexID & 2) == 0 ? 0.0 : box.w));
+    gl_Position = vec4(p / float(n) * 2.0 - 1.0, 0.0, 1.0);
+    off = ivec2(a.xy) - ivec2(box.xy);
+    mu = a.z;
 }
+"""
+
+_PATCHES = """
+#version 330 core
+uniform sampler2D atlas;  // summed piece lengths, mm
+flat in ivec2 off;
+flat in float mu;
+out float result;
+void main() { result = mu * texelFetch(atlas, ivec2(gl_FragCoord.xy) + off, 0).x; }
 """
 
 
@@ -376,8 +381,8 @@ class GlRenderer(CpuRenderer):
         self._prog_ell = self._program(_ELLIPSOIDS, _VERT_ELLIPSOID)
         self._prog_ves = self._program(_VESSELS)
         self._prog_dev = self._program(_DEVICES, _VERT_CYLINDER)
-        self._prog_chords = self._program(_CHORDS)
-        self._chord_tex: dict[int, tuple[object, list[tuple[str, int, bool]]]] = {}
+        self._prog_patch = self._program(_PATCHES, _VERT_PATCH)
+        self._chord_tex: dict[int, tuple[object, int]] = {}
         self._fbo = GL.glGenFramebuffers(1)
         self._targets: dict[int, Any] = {}
 
@@ -441,7 +446,8 @@ class GlRenderer(CpuRenderer):
         else:
             GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
         buf = GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT)
-        out = np.frombuffer(buf, dtype=np.float32).reshape(n, n).astype(np.float64)
+        # float32 as drawn (the detector widens it exactly as it sums the parts)
+        out = np.frombuffer(buf, dtype=np.float32).reshape(n, n)
         for _, tex, owned in textures:
             if owned:
                 GL.glDeleteTextures([tex])
@@ -532,53 +538,53 @@ class GlRenderer(CpuRenderer):
         textures = [("seg", t_seg, True), ("tiles", t_tiles, True), ("lists", t_list, True)]
         return self._draw(self._prog_ves, plane, textures, {"tiles_x": tx})
 
-    def _rows(self, data: np.ndarray, kind: str) -> int:
-        """A 1-D array as a texture 4096 texels wide (int32 or float32)."""
-        GL = self.ctx.GL
-        width = 4096
-        flat = np.zeros(max(1, (len(data) + width - 1) // width) * width,
-                        np.int32 if kind == "i" else np.float32)
-        flat[:len(data)] = data
-        if kind == "i":
-            return self._texture(flat.reshape(-1, width), GL.GL_R32I, GL.GL_RED_INTEGER, GL.GL_INT)
-        return self._texture(flat.reshape(-1, width), GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT)
-
-    def _pairs(self, ids: np.ndarray, lengths: np.ndarray) -> int:
-        """(index, length) pairs in one RG32F texture 4096 wide, the index as float bits."""
-        GL = self.ctx.GL
-        width = 4096
-        pair = np.zeros((max(1, (len(ids) + width - 1) // width) * width, 2), np.float32)
-        pair[:len(ids), 0] = ids.astype(np.int32).view(np.float32)
-        pair[:len(ids), 1] = lengths
-        return self._texture(pair.reshape(-1, width, 2), GL.GL_RG32F, GL.GL_RG, GL.GL_FLOAT)
-
-    def _chord_textures(self, vc: VesselChords) -> list[tuple[str, int, bool]]:
-        """The chords' lists as textures, uploaded once per view (the oldest view's freed)."""
+    def _atlas(self, vc: VesselChords) -> int:
+        """The view's patch atlas as a texture, uploaded once per view (the oldest view's freed)."""
         hit = self._chord_tex.get(id(vc))
         if hit is not None and hit[0] is vc:
             return hit[1]
         GL = self.ctx.GL
-        s_ptr, s_id, s_len, m_ptr, m_len, m_idptr, m_ids = vc.lists
-        if s_ptr[-1] >= 2**31 or m_idptr[-1] >= 2**31:
-            raise GlUnavailable("vessel chords too large for 32-bit texture indices")
-        width = 4096
-        ptr = np.zeros((max(1, (len(s_ptr) + width - 1) // width) * width, 2), np.int32)
-        ptr[:len(s_ptr), 0], ptr[:len(s_ptr), 1] = s_ptr, m_ptr
-        tex = [("ptr", self._texture(ptr.reshape(-1, width, 2), GL.GL_RG32I, GL.GL_RG_INTEGER, GL.GL_INT), False),
-               ("single", self._pairs(s_id, s_len), False),
-               ("mptr", self._rows(m_idptr, "i"), False), ("mlen", self._rows(m_len, "f"), False),
-               ("mids", self._rows(m_ids, "i"), False)]
+        groups = vc.groups()
+        tex = self._texture(groups.atlas, GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT)
         if len(self._chord_tex) >= 4:
             old = self._chord_tex.pop(next(iter(self._chord_tex)))
-            GL.glDeleteTextures([t for _, t, _ in old[1]])
+            GL.glDeleteTextures([old[1]])
         self._chord_tex[id(vc)] = (vc, tex)
         return tex
+
+    def _patches(self, vc: VesselChords, plane: CArmPlane, mu: np.ndarray) -> np.ndarray:
+        """Σ patch × μ drawn as instanced quads (the patches without contrast skipped)."""
+        from dataclasses import replace
+
+        GL = self.ctx.GL
+        groups = vc.groups()
+        atlas = self._atlas(vc)
+        m = groups.weights(mu)
+        draw = np.nonzero(m > 0.0)[0]
+        fine = replace(plane, matrix=groups.n) if groups.n != plane.matrix else plane
+        if len(draw) == 0:
+            return np.zeros((plane.matrix, plane.matrix))
+        width = 4096
+        rows = (len(draw) + width - 1) // width
+        inst = np.zeros((2 * rows, width, 4), np.float32)
+        i = np.arange(len(draw))
+        col, row = i % width, 2 * (i // width)
+        inst[row, col] = groups.box[draw]
+        inst[row + 1, col, :2] = groups.origin[draw]
+        inst[row + 1, col, 2] = m[draw]
+        t_inst = self._texture(inst, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
+        out = self._draw(self._prog_patch, fine, [("atlas", atlas, False), ("inst", t_inst, True)], {},
+                         instances=len(draw))
+        if vc.k > 1:
+            out = out.reshape(plane.matrix, vc.k, plane.matrix, vc.k).mean(axis=(1, 3))
+        return out
 
     def iodine(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
         """Iodine through the union of the vessel capsules, in GLSL (blobs: the shared CPU path).
 
         As the CPU renderer: rays cast directly while the view is new, then the view's
-        chords (built once on the CPU) re-weighted in a fragment shader.
+        chords (built once on the CPU), regrouped by capsule set, drawn as patches scaled by
+        this frame's μ.
         """
         t = scene.tree
         c = scene.iodine_mg_ml
@@ -589,9 +595,8 @@ class GlRenderer(CpuRenderer):
         mu_i = linear_attenuation_per_mm("iodine", e_kev, 1e-3)
         vc = self.vessel_chords(scene, plane)
         if vc is not None:
-            tex = self._chord_textures(vc)
-            mu = self._rows(mu_i * np.maximum(c, 0.0), "f")
-            return out + self._draw(self._prog_chords, plane, [*tex, ("mu", mu, True)], {})
+            patches = self._patches(vc, plane, mu_i * np.maximum(c, 0.0))
+            return out + patches if np.any(scene.blob_iodine_mg_ml > 0) else patches
         mu = mu_i * c[keep]
         r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
         return out + self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu)
