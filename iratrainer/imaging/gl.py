@@ -7,10 +7,13 @@ The same equations as the CPU reference (:mod:`iratrainer.imaging.raycast`), in 
   path counts once with the largest μ where capsules overlap;
 * devices: flat-ended cylinders summed, k x k rays per pixel for thin tubes.
 
-Vessel capsules are binned on the CPU into 8 x 8-pixel tiles (from the same projected
-bounding boxes as the CPU path) and handed to the fragment shader as integer textures;
-each fragment loops over its tile's list (a union needs every capsule of the ray at
-once). Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
+While the view moves, vessel capsules are binned on the CPU into 8 x 8-pixel tiles (from
+the same projected bounding boxes as the CPU path) and handed to the fragment shader as
+integer textures; each fragment loops over its tile's list (a union needs every capsule
+of the ray at once). A still view's iodine is the CPU's ray pieces regrouped by capsule
+set (:class:`~iratrainer.imaging.chords.ChordGroups`): each set a patch of lengths in one
+atlas texture, drawn as a quad over its pixel box and scaled by the set's largest μ of
+the frame. Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
 instanced quad (a cylinder's projected axis widened by the same margin as the bounding
 boxes; an ellipsoid's pixel box, as in the CPU kernel) and the fragments add up by
 blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
