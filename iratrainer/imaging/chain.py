@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from iratrainer.imaging.detector import filter_and_window
+from iratrainer.imaging.detector import filter_and_roadmap, filter_and_window
 from iratrainer.imaging.dose import DoseMeter, Exposure
 from iratrainer.imaging.geometry import CArmPlane
 from iratrainer.imaging.render import CpuRenderer, ImageOptions, form_image
@@ -173,6 +173,16 @@ class PlaneChain:
         """One fluoroscopy pulse: exposure, recursive filter, roadmap if stored; updates LIH."""
         lhat, exp = self._expose(scene, "fluoro")
         a = self.settings.recursive_filter
+        if (self._roadmap is not None and self._fluoro_mask is not None and self._rf is not None and a != 0
+                and self._rf.shape == lhat.shape == self._roadmap.shape == self._fluoro_mask.shape):
+            # the filter and the roadmap subtraction in one compiled pass (the same arithmetic as below)
+            rf, sub = np.empty_like(lhat), np.empty_like(lhat)
+            disp = np.empty(lhat.shape, np.float32)
+            filter_and_roadmap(lhat, self._rf, float(a), self._fluoro_mask, self._roadmap,
+                               float(self.settings.roadmap_gain), self.plane.field_mask(), rf, sub, disp)
+            self._rf = rf
+            self._lih = Frame(self.plane.name, "roadmap", scene.time_s, _ro(disp, np.float32), _ro(sub), exp)
+            return self._lih
         if self._roadmap is None and self._rf is not None and a != 0 and self._rf.shape == lhat.shape:
             # the filter and the display in one compiled pass (the same arithmetic as below)
             lo, hi = self.window(scene)

@@ -26,7 +26,7 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["detect", "filter_and_window", "gaussian_kernel"]
+__all__ = ["detect", "filter_and_roadmap", "filter_and_window", "gaussian_kernel"]
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -199,6 +199,26 @@ def _blur_cols_log(src, w, n0, mask, out):  # pragma: no cover - numba
         mk = mask[i]
         for j in range(m):
             o[j] = -math.log(max(o[j], 0.5) * inv) * mk[j]
+
+
+@nb.njit(cache=True, parallel=True)
+def filter_and_roadmap(lhat, prev, a, live_mask, roadmap, gain, mask, rf, sub, disp):  # pragma: no cover
+    """Recursive filter and roadmap display in one pass.
+
+    ``rf = a·prev + (1 − a)·lhat``, ``sub = (rf − live_mask) − roadmap`` and
+    ``disp = clip(0.5 − gain·sub, 0, 1)·mask`` (float32), in NumPy's order of evaluation.
+    """
+    n = lhat.shape[0]
+    m = lhat.shape[1]
+    b = 1.0 - a
+    for i in nb.prange(n):
+        for j in range(m):
+            v = a * prev[i, j] + b * lhat[i, j]
+            rf[i, j] = v
+            d = (v - live_mask[i, j]) - roadmap[i, j]
+            sub[i, j] = d
+            e = min(max(0.5 - gain * d, 0.0), 1.0)
+            disp[i, j] = np.float32(e * mask[i, j])
 
 
 def gaussian_kernel(sigma_px: float, truncate: float = 4.0) -> np.ndarray:
