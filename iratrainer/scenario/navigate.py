@@ -63,6 +63,13 @@ ARCH_CATHETER = {"I": "vertebral_5F", "II": "vertebral_5F", "III": "simmons2_5F"
 #: from the microwire's inserted length
 DISTAL_STACK = (("intermediate_6F", -60.0), ("microcatheter_021", -25.0), ("microwire_014", 0.0))
 NECK_MM = 40.0  # how far up the internal carotid artery the diagnostic catheter goes before the exchange
+PROBE_BACK_MM = (5.0, 10.0, 0.0)  # where the catheter tip parks short of the ostium, by attempt
+PROBE_WIRE_IN_MM = 15.0  # the wire tip waits this far inside the catheter between probes
+PROBE_OUT_MM = 30.0  # each probe pushes the wire this far out of the catheter
+PROBE_TIP_OUT_MM = 8.0  # between probes the wire's angled tip stays this far out, to be aimed
+PROBE_TRIES = 4  # probes per parking of the catheter
+PROBE_DEEPER_MM = 20.0  # once in, the wire goes this much further before the catheter follows
+PROBE_FOLLOW_MM = 40.0  # then catheter and wire go up the branch together this far
 
 
 @dataclass
@@ -296,14 +303,10 @@ class _Operator:
                 break
             self.pulse(sign * speed)
 
-    def hook(self, j: float, skip: int, wire: int | None = None) -> bool:
-        """Catch a branch that leaves backwards: go past it, point the tip along it, pull back slowly.
-
-        When the tip drops into the branch, the ``wire`` (when given) goes up the branch
-        through the engaged catheter, the catheter held (pushed itself, an engaged catheter
-        backs out of the ostium into the arch); otherwise the lead is pushed. Returns True
-        when the tip is seen going up the branch after the final push.
-        """
+    def hook(self, j: float, skip: int) -> bool:
+        """Catch a branch that leaves backwards with the lead alone (no shaped catheter): go past
+        it, point the tip along it, pull back slowly until the tip drops in, then push.
+        Returns True when the tip is seen going up the branch after the push."""
         s, _ = self.where()
         self.advance_by(max(j - s, 0.0) + 15.0)
         self.aim(j, skip=skip, along=True)
@@ -318,25 +321,64 @@ class _Operator:
                 self.log.append(f"t={self.st.time_s:.2f}s the tip dropped into the branch at {j:.0f} mm on the "
                                 "pull-back")
                 depth = self.route.depth(j)
-                if wire is None:
-                    self.advance_by(depth + 5.0, 10.0)
-                    s3, off = self.where((-20.0, depth + 20.0))
-                    return s3 > j + depth and not off
-                catheter, cat_offsets = self.lead_index, list(self.offsets)
-                held: list[float | None] = [None] * len(self.offsets)
-                self.set_lead(wire, held)
-                gap = self.st.rods[catheter].inserted_mm - self.lead.inserted_mm
-                self.advance_by(gap + depth + 20.0, 10.0)
-                s3, off = self.where((j - self.s - 30.0, depth + 60.0))
-                ok = s3 > j + depth and not off
-                self.log.append(f"t={self.st.time_s:.2f}s the wire {'went up' if ok else 'did not go up'} the branch "
-                                "through the engaged catheter")
-                if not ok:  # the wire back behind the catheter's curve
-                    self.advance_by(-(gap + depth + 20.0), 20.0)
-                self.set_lead(catheter, cat_offsets)
-                return ok
+                self.advance_by(depth + 5.0, 10.0)
+                s3, off = self.where((-20.0, depth + 20.0))
+                return s3 > j + depth and not off
             if s2 < j - 12.0:
                 break
+        return False
+
+    def probe(self, j: float, attempt: int, wire: int, catheter: int) -> bool:
+        """Select a branch that leaves backwards with the wire, as operators do in the arch.
+
+        The shaped catheter is parked just short of the ostium (``PROBE_BACK_MM``) and turned
+        to point at the branch, the wire waiting inside it; the wire's angled tip is put out
+        ``PROBE_TIP_OUT_MM`` and turned to point at the branch (as :meth:`aim`), then pushed out
+        ``PROBE_OUT_MM``; if the projected wire tip is not seen up the branch on both planes,
+        it is pulled back to its tip, aimed again with a quarter turn more, and pushed again
+        (``PROBE_TRIES`` at most). Once in,
+        the wire goes ``PROBE_DEEPER_MM`` further, then catheter and wire are advanced
+        together ``PROBE_FOLLOW_MM``: a catheter pushed alone over the wire backs out of the
+        ostium and drags the wire with it along the arch; advanced with the wire it follows
+        it up the branch. Returns True when the wire is seen up the branch at the end.
+        """
+        wire_rod, cath = self.st.rods[wire], self.st.rods[catheter]
+        offsets = [0.0] * len(self.offsets)
+        offsets[wire] = -PROBE_WIRE_IN_MM
+        self.set_lead(catheter, offsets)
+        self.settle_offsets()
+        self.s, _ = self.where((-60.0, 60.0))
+        back = PROBE_BACK_MM[attempt % len(PROBE_BACK_MM)]
+        self.advance_by(j - back - self.s, 10.0)
+        self.aim(j)
+        held: list[float | None] = [None] * len(self.offsets)
+        self.set_lead(wire, held)
+        depth = self.route.depth(j)
+        # the wire's angled tip just out of the catheter, turned to point at the branch
+        self.advance_by(cath.inserted_mm - wire_rod.inserted_mm + PROBE_TIP_OUT_MM, 10.0)
+        for k in range(PROBE_TRIES):
+            self.aim(j, skip=k)
+            out = cath.inserted_mm - wire_rod.inserted_mm + PROBE_OUT_MM
+            self.advance_by(out, 10.0)
+            tips, _ = self.see()
+            s2, excess = self.route.locate(tips, j, (-10.0, depth + 60.0))
+            if s2 > j + depth and excess < 0.0:
+                self.s = s2
+                self.log.append(f"t={self.st.time_s:.2f}s the wire went up the branch at {j:.0f} mm "
+                                f"(probe {k + 1}, catheter {back:.0f} mm short of it)")
+                self.advance_by(PROBE_DEEPER_MM, 10.0)
+                follow: list[float | None] = [None] * len(self.offsets)
+                follow[catheter] = cath.inserted_mm - wire_rod.inserted_mm
+                self.set_lead(wire, follow)
+                self.advance_by(PROBE_FOLLOW_MM, 10.0)
+                s3, off = self.where((j - self.s - 20.0, depth + 120.0))
+                ok = s3 > j + depth and not off
+                self.log.append(f"t={self.st.time_s:.2f}s catheter and wire {'went' if ok else 'did not go'} up "
+                                "the branch together")
+                return ok
+            self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm - PROBE_TIP_OUT_MM), 20.0)
+        self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm + PROBE_WIRE_IN_MM), 20.0)
+        self.log.append(f"t={self.st.time_s:.2f}s no probe of the wire found the branch at {j:.0f} mm")
         return False
 
     def run(self, goal: float, catheter: int | None = None) -> str:
@@ -373,18 +415,21 @@ class _Operator:
                 return "reached"
             nxt = pending[0] if pending else None
             if nxt is not None and s >= nxt - LEAD_MM:
-                if nxt in route.hooks:
+                if nxt in route.hooks and catheter is not None:
                     wire, wire_offsets = self.lead_index, list(self.offsets)
-                    if catheter is not None:
-                        # the wire comes back behind the catheter's curve, so the curve takes its shape
-                        spec = self.st.rods[catheter].spec
-                        curve_end = max((c.start_mm + c.length_mm for c in spec.curves), default=0.0)
-                        cat_offsets = [0.0] * len(self.offsets)
-                        cat_offsets[wire] = -(curve_end + 10.0)
-                        self.set_lead(catheter, cat_offsets)
-                        self.settle_offsets()
                     for k in range(self.max_attempts):
-                        if self.hook(nxt, k, wire if catheter is not None else None):
+                        if self.probe(nxt, k, wire, catheter):
+                            break
+                        self.attempts += 1
+                        self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not selected "
+                                        f"(attempt {k + 1})")
+                    else:
+                        return "gave_up"
+                    self.set_lead(wire, wire_offsets)  # the wire leads again, the catheter follows
+                    self.s, _ = self.where((-40.0, 40.0))
+                elif nxt in route.hooks:  # no shaped catheter: the lead itself is hooked on a pull-back
+                    for k in range(self.max_attempts):
+                        if self.hook(nxt, k):
                             break
                         self.attempts += 1
                         self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not caught "
@@ -393,9 +438,6 @@ class _Operator:
                         self.advance_by(min(nxt - LEAD_MM - s_now, 0.0))
                     else:
                         return "gave_up"
-                    if catheter is not None:  # the wire goes ahead again, the catheter follows
-                        self.set_lead(wire, wire_offsets)
-                        self.s, _ = self.where((-40.0, 40.0))
                 else:
                     self.aim(nxt)
                 pending.pop(0)
