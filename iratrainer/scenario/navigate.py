@@ -19,11 +19,14 @@ What the operator does:
   turn, wait for the twist to reach the tip, score how well the projected tip points
   along the route past the junction on both planes, and come back to the best step. The
   torque lags and whips (friction): the score is read at the tip, not at the hub.
-* **hook** a branch that leaves backwards (more than 75° from the way in, like the arch
-  vessels seen from the descending aorta): the shaped catheter takes the lead (the wire
-  waits behind its curve), goes 15 mm past the ostium, points its tip along the branch
-  and is pulled back slowly until the projected tip drops into the branch; then the
-  wire goes ahead again.
+* **probe** a branch that leaves backwards (more than 75° from the way in, like the arch
+  vessels seen from the descending aorta) with the wire, as operators select the arch
+  vessels: the shaped catheter is parked just short of the ostium and turned to point at
+  it, the angled wire is put out of it, aimed, and pushed; when the projected wire tip is
+  seen up the branch on both planes the wire goes further, and catheter and wire are then
+  advanced together (a catheter pushed alone over the wire backs out and drags the wire
+  down the arch). Without a shaped catheter the lead itself is **hooked**: taken past the
+  ostium, pointed along the branch, and pulled back until its tip drops in.
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
   half-width plus a margin on either plane, pull back to before the junction, turn a
   quarter turn beyond the last choice, and try again (at most ``max_attempts`` per
