@@ -447,6 +447,24 @@ def test_a_still_view_reuses_its_chords_and_a_moving_one_casts_rays(gl_renderer)
         assert not renderer._chords
 
 
+def test_gl_patches_wider_than_a_point_are_cut_into_tiles(gl_renderer, monkeypatch):
+    """A driver with small points: the still view's iodine patches are drawn in tiles, same image."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.scene import contrast_downstream
+
+    tree = build_atlas()
+    scene = Scene(tree, contrast_downstream(tree, "L_CCA"), ())
+    plane = lateral(matrix=128)
+    cpu = CpuRenderer()
+    for r in (cpu, gl_renderer):
+        r.iodine(scene, plane, 50.0)
+    want = cpu.iodine(scene, plane, 50.0)
+    assert gl_renderer.vessel_chords(scene, plane).groups().box[:, 2:].max() > 3
+    monkeypatch.setattr(gl_renderer, "_max_point", 3)
+    got = gl_renderer.iodine(scene, plane, 50.0)
+    np.testing.assert_allclose(got, want, atol=2e-4 * want.max())
+
+
 def test_gl_fallback_warns_and_uses_numpy(monkeypatch):
     from iratrainer.imaging import gl
 

@@ -12,8 +12,8 @@ the same projected bounding boxes as the CPU path) and handed to the fragment sh
 integer textures; each fragment loops over its tile's list (a union needs every capsule
 of the ray at once). A still view's iodine is the CPU's ray pieces regrouped by capsule
 set (:class:`~iratrainer.imaging.chords.ChordGroups`): each set a patch of lengths in one
-atlas texture, drawn as a quad over its pixel box and scaled by the set's largest μ of
-the frame. Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
+atlas texture, drawn as a point sprite over its pixel box and scaled by the set's largest
+μ of the frame. Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
 instanced quad (a cylinder's projected axis widened by the same margin as the bounding
 boxes; an ellipsoid's pixel box, as in the CPU kernel) and the fragments add up by
 blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
@@ -298,33 +298,46 @@ void main() {
 
 
 # a still view: the chords regrouped by capsule set (:class:`iratrainer.imaging.chords.ChordGroups`),
-# one instanced quad per patch over its pixel box, reading its lengths from the atlas, scaled
+# one point sprite per patch over its pixel box, reading its lengths from the atlas, scaled
 # by the patch's μ and summed by additive blending
 _VERT_PATCH = """
 #version 330 core
 uniform sampler2D inst;   // per patch i: texel (i & 4095, 2 (i >> 12)) box (col, row, w, h); + 1 row: (atlas col, row, mu)
 uniform int n;
+uniform int max_point;    // the largest point size (px): wider patches come cut into tiles
 flat out ivec2 off;
 flat out float mu;
+flat out ivec4 box_i;
+// one point per patch, as wide as its box's longer side (the pixels outside the box are
+// discarded): on llvmpipe a point costs less than the two triangles of a quad
 void main() {
-    ivec2 at = ivec2(gl_InstanceID & 4095, 2 * (gl_InstanceID >> 12));
+    int i = gl_VertexID;
+    ivec2 at = ivec2(i & 4095, 2 * (i >> 12));
     vec4 box = texelFetch(inst, at, 0);
     vec4 a = texelFetch(inst, at + ivec2(0, 1), 0);
-    vec2 p = vec2(box.x + ((gl_VertexID & 1) == 0 ? 0.0 : box.z), box.y + ((gl_VertexID & 2) == 0 ? 0.0 : box.w));
-    gl_Position = vec4(p / float(n) * 2.0 - 1.0, 0.0, 1.0);
+    vec2 c = box.xy + 0.5 * box.zw;
+    gl_Position = vec4(c / float(n) * 2.0 - 1.0, 0.0, 1.0);
+    gl_PointSize = min(max(box.z, box.w), float(max_point));   // as the driver would clamp it
     off = ivec2(a.xy) - ivec2(box.xy);
     mu = a.z;
+    box_i = ivec4(box);
 }
 """
 
 _PATCHES = """
 #version 330 core
-uniform sampler2D atlas;  // summed piece lengths, mm
+uniform sampler2D atlas;
 flat in ivec2 off;
 flat in float mu;
+flat in ivec4 box_i;
 out float result;
-void main() { result = mu * texelFetch(atlas, ivec2(gl_FragCoord.xy) + off, 0).x; }
+void main() {
+    ivec2 px = ivec2(gl_FragCoord.xy);
+    if (px.x < box_i.x || px.y < box_i.y || px.x >= box_i.x + box_i.z || px.y >= box_i.y + box_i.w) discard;
+    result = mu * texelFetch(atlas, px + off, 0).x;
+}
 """
+
 
 
 class GlUnavailable(RuntimeError):
@@ -385,6 +398,9 @@ class GlRenderer(CpuRenderer):
         self._prog_ves = self._program(_VESSELS)
         self._prog_dev = self._program(_DEVICES, _VERT_CYLINDER)
         self._prog_patch = self._program(_PATCHES, _VERT_PATCH)
+        # the largest point size the driver draws (patches wider than that are cut into tiles)
+        sizes = GL.glGetFloatv(GL.GL_POINT_SIZE_RANGE)
+        self._max_point = max(1, int(np.asarray(sizes, dtype=float).ravel()[-1]))
         self._chord_tex: dict[int, tuple[object, int]] = {}
         self._fbo = GL.glGenFramebuffers(1)
         self._targets: dict[int, Any] = {}
@@ -417,9 +433,10 @@ class GlRenderer(CpuRenderer):
         return self._targets[n]
 
     def _draw(self, prog: int, plane: CArmPlane, textures: list[tuple[str, int, bool]],
-              ints: dict[str, int], instances: int = 0) -> np.ndarray:
+              ints: dict[str, int], instances: int = 0, points: bool = False) -> np.ndarray:
         """One pass into the plane's float target, read back: a full-frame quad, or
-        ``instances`` quads placed by the vertex shader and summed by additive blending."""
+        ``instances`` quads (``points``: points) placed by the vertex shader and summed by
+        additive blending."""
         GL = self.ctx.GL
         n = plane.matrix
         target = self._target(n)
@@ -444,7 +461,11 @@ class GlRenderer(CpuRenderer):
             GL.glClear(GL.GL_COLOR_BUFFER_BIT)
             GL.glEnable(GL.GL_BLEND)
             GL.glBlendFunc(GL.GL_ONE, GL.GL_ONE)
-            GL.glDrawArraysInstanced(GL.GL_TRIANGLE_STRIP, 0, 4, instances)
+            if points:
+                GL.glEnable(GL.GL_PROGRAM_POINT_SIZE)
+                GL.glDrawArrays(GL.GL_POINTS, 0, instances)
+            else:
+                GL.glDrawArraysInstanced(GL.GL_TRIANGLE_STRIP, 0, 4, instances)
             GL.glDisable(GL.GL_BLEND)
         else:
             GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
@@ -556,7 +577,7 @@ class GlRenderer(CpuRenderer):
         return tex
 
     def _patches(self, vc: VesselChords, plane: CArmPlane, mu: np.ndarray) -> np.ndarray:
-        """Σ patch × μ drawn as instanced quads (the patches without contrast skipped)."""
+        """Σ patch × μ drawn as points over the patches' boxes (the patches without contrast skipped)."""
         from dataclasses import replace
 
         GL = self.ctx.GL
@@ -567,17 +588,29 @@ class GlRenderer(CpuRenderer):
         fine = replace(plane, matrix=groups.n) if groups.n != plane.matrix else plane
         if len(draw) == 0:
             return np.zeros((plane.matrix, plane.matrix))
+        box, origin, weight = groups.box[draw], groups.origin[draw], m[draw]
+        size = self._max_point
+        if int(box[:, 2:].max()) > size:  # patches wider than the largest point: cut into tiles
+            nx, ny = -(-box[:, 2] // size), -(-box[:, 3] // size)
+            rep = nx * ny
+            j = np.repeat(np.arange(len(box)), rep)
+            local = np.arange(int(rep.sum())) - np.repeat(np.cumsum(rep) - rep, rep)
+            tx, ty = (local % nx[j]) * size, (local // nx[j]) * size
+            box = np.stack([box[j, 0] + tx, box[j, 1] + ty, np.minimum(box[j, 2] - tx, size),
+                            np.minimum(box[j, 3] - ty, size)], axis=1)
+            origin = np.stack([origin[j, 0] + tx, origin[j, 1] + ty], axis=1)
+            weight = weight[j]
         width = 4096
-        rows = (len(draw) + width - 1) // width
+        rows = (len(box) + width - 1) // width
         inst = np.zeros((2 * rows, width, 4), np.float32)
-        i = np.arange(len(draw))
+        i = np.arange(len(box))
         col, row = i % width, 2 * (i // width)
-        inst[row, col] = groups.box[draw]
-        inst[row + 1, col, :2] = groups.origin[draw]
-        inst[row + 1, col, 2] = m[draw]
+        inst[row, col] = box
+        inst[row + 1, col, :2] = origin
+        inst[row + 1, col, 2] = weight
         t_inst = self._texture(inst, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
-        out = self._draw(self._prog_patch, fine, [("atlas", atlas, False), ("inst", t_inst, True)], {},
-                         instances=len(draw))
+        out = self._draw(self._prog_patch, fine, [("atlas", atlas, False), ("inst", t_inst, True)],
+                         {"max_point": size}, instances=len(box), points=True)
         if vc.k > 1:
             out = out.reshape(plane.matrix, vc.k, plane.matrix, vc.k).mean(axis=(1, 3))
         return out
