@@ -112,16 +112,21 @@ def test_union_counts_overlaps_once_with_largest_mu():
     assert hot[c, c] == pytest.approx(one[c, c] + 0.8 * sphere_chord, rel=1e-9)
 
 
+def _capsule_knot(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
+    """``n`` random capsules (ends a, b, radius r) tangled round the isocentre: many overlaps."""
+    c = rng.normal(0.0, 6.0, (n, 3))
+    a = c + rng.normal(0.0, 5.0, (n, 3))
+    b = c - rng.normal(0.0, 5.0, (n, 3))
+    return a, b, rng.uniform(0.5, 3.0, n)
+
+
 def test_cached_vessel_chords_reweigh_to_the_direct_union_for_any_contrast():
     """The per-view pieces give the direct union's ∫μdl for new per-capsule μ (zeros, overlaps, supersampling)."""
     from iratrainer.imaging.chords import VesselChords
 
     p = small_plane(matrix=64)
     rng = np.random.default_rng(7)
-    c = rng.normal(0.0, 6.0, (40, 3))
-    a = c + rng.normal(0.0, 5.0, (40, 3))
-    b = c - rng.normal(0.0, 5.0, (40, 3))
-    r = rng.uniform(0.5, 3.0, 40)
+    a, b, r = _capsule_knot(rng, 40)
     for k in (1, 2):
         vc = VesselChords(p, a, b, r, supersample=k)
         for trial in range(3):
@@ -140,10 +145,7 @@ def test_chords_regrouped_by_capsule_set_give_the_same_sum():
 
     p = small_plane(matrix=64)
     rng = np.random.default_rng(11)
-    c = rng.normal(0.0, 6.0, (60, 3))
-    a = c + rng.normal(0.0, 5.0, (60, 3))
-    b = c - rng.normal(0.0, 5.0, (60, 3))
-    r = rng.uniform(0.5, 3.0, 60)
+    a, b, r = _capsule_knot(rng, 60)
     vc = VesselChords(p, a, b, r)
     g = vc.groups(atlas_width=256)
     shared = g.group[g.group >= 60] - 60
