@@ -236,19 +236,22 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
-                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
-    """One device's solve with its wall: cylinders, Gauss-Newton, Coulomb friction, restoration.
+                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev, anchor,
+                   k_stick):  # pragma: no cover - numba
+    """One device's solve with its wall: cylinders, Coulomb friction, Gauss-Newton.
 
     Every free node carries its wall (inactive unless violated): the cylinder of the segment
     it is in (``closest`` point, unit ``axis``, closed ``end`` mm along it), whose tangent
     plane the Gauss-Newton iterations take afresh, so a node that moves far in one step (a
-    whip) cannot cross the wall unconstrained. After the solve, friction
-    (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
-    wall measured from the start of the step ``x0``; one more pass restores the
-    constraints. ``r_dev`` (N,) is each node's clearance from the wall: the device's own
-    radius, or the radius of the catheter it runs in. ``l_*``: the coaxial links to the
-    devices around and inside this one (see :func:`solve_chain_primal`). Returns the wall
-    force per node (N).
+    whip) cannot cross the wall unconstrained. Friction (coefficient ``mu``) is part of the
+    same solve: a node that pressed the wall with ``fn_prev`` (N) at the previous step is
+    held across the wall to its ``anchor`` by a spring of ``k_stick`` N/mm whose force is
+    capped at ``mu · fn_prev`` (it sticks below the cap and slides above it); after the
+    solve the anchors follow (kept while a node sticks, dragged to the cap's distance behind
+    it while it slides, reset where a node is off the wall). ``r_dev`` (N,) is each node's
+    clearance from the wall: the device's own radius, or the radius of the catheter it runs
+    in. ``l_*``: the coaxial links to the devices around and inside this one (see
+    :func:`solve_chain_primal`). Returns the wall force per node (N).
     """
     N = x.shape[0]
     n = np.zeros((N, 3))
@@ -260,36 +263,32 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     for k in range(N):
         rho[k] = max(R[k] - r_dev[k], 0.05)
     # the planes are the cylinders' tangent planes, which the solve takes at its first
-    # iteration (and leaves in n, for the friction); a node on its axis is far from the wall:
-    # n = 0 and plane_d = rho keep its plane inactive
+    # iteration; a node on its axis is far from the wall: n = 0 and plane_d = rho keep its
+    # plane inactive
     plane_d = rho.copy()
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end)
-    # friction against the start of the step
-    for k in range(N - 2):
-        if force[k] == 0.0:
+                       closest, axis, rho, start, end, mu, k_stick, fn_prev, anchor)
+    # the anchors follow the nodes (see above)
+    for k in range(N):
+        if force[k] <= 0.0 or fn_prev[k] <= 0.0 or k >= N - 2:
+            anchor[k, 0], anchor[k, 1], anchor[k, 2] = x[k, 0], x[k, 1], x[k, 2]
             continue
-        lc = force[k] * dt * dt
-        t0 = x[k, 0] - x0[k, 0]
-        t1 = x[k, 1] - x0[k, 1]
-        t2 = x[k, 2] - x0[k, 2]
-        dn = t0 * n[k, 0] + t1 * n[k, 1] + t2 * n[k, 2]
-        t0 -= dn * n[k, 0]
-        t1 -= dn * n[k, 1]
-        t2 -= dn * n[k, 2]
-        tl = np.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
-        lim = mu * lc / mass
-        f = 1.0 if tl <= lim else lim / max(tl, 1e-15)
-        x[k, 0] -= f * t0
-        x[k, 1] -= f * t1
-        x[k, 2] -= f * t2
-    # friction moved nodes along the wall: restore the constraints (one more pass)
-    # the wall force reported is the one at the final positions
-    solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end)
+        n0, n1, n2 = n[k, 0], n[k, 1], n[k, 2]
+        d0 = x[k, 0] - anchor[k, 0]
+        d1 = x[k, 1] - anchor[k, 1]
+        d2 = x[k, 2] - anchor[k, 2]
+        dn = d0 * n0 + d1 * n1 + d2 * n2
+        d0 -= dn * n0
+        d1 -= dn * n1
+        d2 -= dn * n2
+        Lt = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        reach = mu * fn_prev[k] / k_stick
+        f = 0.0 if Lt <= reach else 1.0 - reach / Lt  # sliding: the anchor dragged behind
+        anchor[k, 0] += dn * n0 + f * d0
+        anchor[k, 1] += dn * n1 + f * d1
+        anchor[k, 2] += dn * n2 + f * d2
     return force
 
 
@@ -570,6 +569,10 @@ class DeviceStack:
         self._pushed_blocked: dict[str, int] = {}
         self._commanded: dict[str, float] = {}
         self._query_cache: tuple[np.ndarray, Any] | None = None
+        #: stiffness of a sticking contact across the wall, N/mm (as the wall's own)
+        self.friction_stiffness = 200.0
+        self._fn_prev = [np.zeros(len(r.x)) for r in self.rods]
+        self._anchor = [r.x.copy() for r in self.rods]
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -716,9 +719,12 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
+                fn_prev, anchor = self._friction_state(k)
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
+                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links,
+                                       fn_prev, anchor, self.friction_stiffness)
+                self._fn_prev[k] = force.copy()
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
                                                  kb, alpha, rest)
@@ -728,6 +734,21 @@ class DeviceStack:
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
+
+    def _friction_state(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Device k's wall force at the previous step (N, per node) and its friction anchors
+        (mm), carried over by node index (node 0 is the tip; nodes come and go at the sheath)."""
+        rod = self.rods[k]
+        N = len(rod.x)
+        fn, anchor = self._fn_prev[k], self._anchor[k]
+        if len(fn) != N or len(anchor) != N:
+            m = max(min(len(fn), len(anchor), N) - 2, 0)
+            new_fn = np.zeros(N)
+            new_fn[:m] = fn[:m]
+            new_anchor = rod.x.copy()
+            new_anchor[:m] = anchor[:m]
+            self._fn_prev[k], self._anchor[k] = new_fn, new_anchor
+        return self._fn_prev[k], self._anchor[k]
 
     def _contact_solve_dual(self, rod: Rod, x0: np.ndarray, c: np.ndarray, R: np.ndarray, kb: np.ndarray,
                             alpha: np.ndarray, rest: np.ndarray) -> np.ndarray:
