@@ -151,10 +151,11 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     is solved knowing where the devices around it, or inside it, are. Links join
     neighbouring nodes only, so the matrix stays banded.
 
-    Coulomb friction with the wall, in the same solve (``fr_fn`` (N,) the node's normal force,
-    N; ``fr_anchor`` (N, 3) where it sticks; (0,) and (0, 3) for none): across the wall's
-    tangent plane ``P`` a node is held to its anchor by a spring ``fr_k`` (N/mm) whose
-    force is capped at ``fr_mu · fr_fn``: below the cap it sticks (energy ``fr_k/2 ·
+    Coulomb friction with the wall, in the same solve (``fr_fn`` (N,) the node's normal force
+    at the previous step, N, this iterate's penalty where it was 0; ``fr_anchor`` (N, 3)
+    where it sticks; (0,) and (0, 3) for none): while a node presses its wall at the current
+    iterate, it is held across the wall's tangent plane ``P`` to its anchor by a spring
+    ``fr_k`` (N/mm) whose force is capped at ``fr_mu · fr_fn``: below the cap it sticks (energy ``fr_k/2 ·
     |P (x - a)|²``), above it it slides against the constant force ``fr_mu · fr_fn``
     (energy ``fr_mu · fr_fn · |P (x - a)|``, its Hessian taken as ``fr_mu · fr_fn / |P (x - a)| · P``,
     positive). The static limit is then the force a node bears, not an impulse: with the
@@ -287,16 +288,17 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 g[3 * i2] += f * w2 * d0
                 g[3 * i2 + 1] += f * w2 * d1
                 g[3 * i2 + 2] += f * w2 * d2
-        # wall friction: a capped tangential spring to each contact node's anchor
+        # wall friction: a capped tangential spring to each node's anchor, while it is on the wall
         if fr_mu > 0.0 and fr_fn.shape[0] == N:
             for k in range(N):
                 if w[k] == 0.0 or not c_on[k]:
                     continue
                 n0, n1, n2 = c_n[k, 0], c_n[k, 1], c_n[k, 2]
-                # the normal force at this iterate (the wall's penalty), else the last step's
-                fn = kc * (n0 * x[k, 0] + n1 * x[k, 1] + n2 * x[k, 2] - c_d[k])
-                if fn <= 0.0:
-                    fn = fr_fn[k]
+                # off the wall at this iterate: no friction (else a node leaving the wall sticks to it)
+                pen = n0 * x[k, 0] + n1 * x[k, 1] + n2 * x[k, 2] - c_d[k]
+                if pen <= 0.0:
+                    continue
+                fn = fr_fn[k] if fr_fn[k] > 0.0 else kc * pen
                 if fn <= 0.0:
                     continue
                 if n0 * n0 + n1 * n1 + n2 * n2 < 0.5:

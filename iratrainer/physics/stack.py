@@ -90,11 +90,14 @@ class SafetyThresholds:
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
+def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter):  # pragma: no cover - numba
     """Quasi-static torsion with Coulomb stick-slip, solved directly (the last node is prescribed).
 
-    The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ τ_max |θ - θ0|``: elastic twist,
-    the shaped tip's coupling torque, and Coulomb friction (a node sticks at ``theta0``
+    The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ k_bend/2 (θ - θ0)² + Σ τ_max |θ - θ0|``:
+    elastic twist, the shaped tip's coupling torque linearised at ``theta0`` (its
+    Gauss-Newton stiffness ``k_bend``, N·mm/rad: without it a soft shaped tip, whose
+    twist stiffness is far below its bend coupling, overshoots and flips side every
+    step), and Coulomb friction (a node sticks at ``theta0``
     while the elastic torque on it is below ``tau_max``, and slips against ``tau_max``
     otherwise). An active-set iteration: with the stick/slip state fixed, the optimality
     conditions are a tridiagonal system (Thomas algorithm, O(N)); nodes whose slip would
@@ -127,9 +130,9 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragm
                 d[k] = theta0[k]
                 continue
             a[k] = -gd
-            b[k] = gp + gd
+            b[k] = gp + gd + k_bend[k]
             c[k] = -gp
-            d[k] = tau_bend[k] - tau_max[k] * state[k]
+            d[k] = tau_bend[k] + k_bend[k] * theta0[k] - tau_max[k] * state[k]
         d[m - 1] -= c[m - 1] * theta[m]  # the prescribed node
         c[m - 1] = 0.0
         # Thomas algorithm
@@ -154,7 +157,7 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragm
                     changed = True
             else:
                 # the torque the wall must hold at a stuck node
-                r = tau_bend[k] + gp * (theta[k + 1] - theta[k])
+                r = tau_bend[k] + k_bend[k] * (theta0[k] - theta[k]) + gp * (theta[k + 1] - theta[k])
                 if k > 0:
                     r += gd * (theta[k - 1] - theta[k])
                 if abs(r) > tau_max[k] * (1.0 + 1e-9) + 1e-15:
@@ -236,7 +239,7 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
-                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev, anchor,
+                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev,
                    k_stick):  # pragma: no cover - numba
     """One device's solve with its wall: cylinders, Coulomb friction, Gauss-Newton.
 
@@ -244,11 +247,11 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     it is in (``closest`` point, unit ``axis``, closed ``end`` mm along it), whose tangent
     plane the Gauss-Newton iterations take afresh, so a node that moves far in one step (a
     whip) cannot cross the wall unconstrained. Friction (coefficient ``mu``) is part of the
-    same solve: a node that pressed the wall with ``fn_prev`` (N) at the previous step is
-    held across the wall to its ``anchor`` by a spring of ``k_stick`` N/mm whose force is
-    capped at ``mu · fn_prev`` (it sticks below the cap and slides above it); after the
-    solve the anchors follow (kept while a node sticks, dragged to the cap's distance behind
-    it while it slides, reset where a node is off the wall). ``r_dev`` (N,) is each node's
+    same solve: a node on the wall that pressed it with ``fn_prev`` (N) at the previous step
+    is held across the wall to where it was at the start of the step (``x0``) by a spring of
+    ``k_stick`` N/mm whose force is capped at ``mu · fn_prev``: it sticks below the cap
+    (creeping at most ``mu · fn_prev / k_stick`` per step) and slides above it. The spring
+    starts unloaded every step, so friction only takes energy out. ``r_dev`` (N,) is each node's
     clearance from the wall: the device's own radius, or the radius of the catheter it runs
     in. ``l_*``: the coaxial links to the devices around and inside this one (see
     :func:`solve_chain_primal`). Returns the wall force per node (N).
@@ -269,26 +272,7 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end, mu, k_stick, fn_prev, anchor)
-    # the anchors follow the nodes (see above)
-    for k in range(N):
-        if force[k] <= 0.0 or fn_prev[k] <= 0.0 or k >= N - 2:
-            anchor[k, 0], anchor[k, 1], anchor[k, 2] = x[k, 0], x[k, 1], x[k, 2]
-            continue
-        n0, n1, n2 = n[k, 0], n[k, 1], n[k, 2]
-        d0 = x[k, 0] - anchor[k, 0]
-        d1 = x[k, 1] - anchor[k, 1]
-        d2 = x[k, 2] - anchor[k, 2]
-        dn = d0 * n0 + d1 * n1 + d2 * n2
-        d0 -= dn * n0
-        d1 -= dn * n1
-        d2 -= dn * n2
-        Lt = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-        reach = mu * fn_prev[k] / k_stick
-        f = 0.0 if Lt <= reach else 1.0 - reach / Lt  # sliding: the anchor dragged behind
-        anchor[k, 0] += dn * n0 + f * d0
-        anchor[k, 1] += dn * n1 + f * d1
-        anchor[k, 2] += dn * n2 + f * d2
+                       closest, axis, rho, start, end, mu, k_stick, fn_prev, x0)
     return force
 
 
@@ -572,7 +556,6 @@ class DeviceStack:
         #: stiffness of a sticking contact across the wall, N/mm (as the wall's own)
         self.friction_stiffness = 200.0
         self._fn_prev = [np.zeros(len(r.x)) for r in self.rods]
-        self._anchor = [r.x.copy() for r in self.rods]
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -719,11 +702,11 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
-                fn_prev, anchor = self._friction_state(k)
+                fn_prev = self._friction_state(k)
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
                                        self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links,
-                                       fn_prev, anchor, self.friction_stiffness)
+                                       fn_prev, self.friction_stiffness)
                 self._fn_prev[k] = force.copy()
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
@@ -735,20 +718,17 @@ class DeviceStack:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
 
-    def _friction_state(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Device k's wall force at the previous step (N, per node) and its friction anchors
-        (mm), carried over by node index (node 0 is the tip; nodes come and go at the sheath)."""
-        rod = self.rods[k]
-        N = len(rod.x)
-        fn, anchor = self._fn_prev[k], self._anchor[k]
-        if len(fn) != N or len(anchor) != N:
-            m = max(min(len(fn), len(anchor), N) - 2, 0)
+    def _friction_state(self, k: int) -> np.ndarray:
+        """Device k's wall force at the previous step (N, per node), carried over by node index
+        (node 0 is the tip; nodes come and go at the sheath, where there is no wall)."""
+        N = len(self.rods[k].x)
+        fn = self._fn_prev[k]
+        if len(fn) != N:
+            m = max(min(len(fn), N) - 2, 0)
             new_fn = np.zeros(N)
             new_fn[:m] = fn[:m]
-            new_anchor = rod.x.copy()
-            new_anchor[:m] = anchor[:m]
-            self._fn_prev[k], self._anchor[k] = new_fn, new_anchor
-        return self._fn_prev[k], self._anchor[k]
+            self._fn_prev[k] = new_fn
+        return self._fn_prev[k]
 
     def _contact_solve_dual(self, rod: Rod, x0: np.ndarray, c: np.ndarray, R: np.ndarray, kb: np.ndarray,
                             alpha: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -811,10 +791,13 @@ class DeviceStack:
         kb, alpha, mag, n = rod.rest_binormals(with_normals=True)
         # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
         tau = _shape_torque(rod.x, kb, mag, n, alpha)
+        # its Gauss-Newton stiffness: |d κb_rest / dθ|² / α = mag² / α (N·mm/rad)
+        k_bend = mag * mag / alpha
+        k_bend[0] = k_bend[-1] = 0.0
         tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
-        _torsion_kernel(rod.theta, theta0, gj, tau, tau_max, 20)
+        _torsion_kernel(rod.theta, theta0, gj, tau, k_bend, tau_max, 20)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
