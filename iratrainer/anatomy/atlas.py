@@ -322,7 +322,7 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
         b.add("L_CCA", [[2, -16, 24], [14, -12, 45], [25, -8, 75], [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="BCT", at=6.0, jitter_mm=1.0)
     else:
-        b.add("L_CCA", [[10, -8, 14], [22 + 2 * T, -9 - 2 * T, 45], [27 - 2 * T, -7 + 2 * T, 75],
+        b.add("L_CCA", [[0, -7, 16], [17 + 2 * T, -9 - 2 * T, 45], [27 - 2 * T, -7 + 2 * T, 75],
                         [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="AO_ARCH", at=s_bct + 13.0, jitter_mm=1.0)
     fsl = f("L_SCA", 0.10)
