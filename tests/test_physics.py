@@ -314,28 +314,6 @@ def test_an_outer_catheter_advances_over_the_devices_inside_it():
     assert not any("does not advance" in line for line in st.log)
 
 
-def test_a_hand_neither_pushes_nor_pulls_harder_than_its_grip():
-    """The axial force at the sheath stays within HUB_FORCE_MAX_N both ways: a device held at
-    its far end (here, its nodes pinned where they are) slips in the fingers instead."""
-    from iratrainer.physics.stack import HUB_FORCE_MAX_N
-
-    spec = replace(default_catalogue()["microwire_014"], curves=())
-    for sign in (1.0, -1.0):
-        st = DeviceStack(_tube(length=300.0), [spec], access_label="TUBE", inserted_mm=[200.0])
-        rod = st.rods[0]
-        ins = rod.inserted_mm
-        rod.inserted_mm = ins + sign * 5.0  # the hub moved 5 mm, the device did not (yet)
-        st._limit_hub_force()
-        K = rod.n_material
-        force = ((rod.inserted_mm - rod.sigma[-1]) - float(np.linalg.norm(rod.x[K - 1] - rod.x[K]))) \
-            / rod.stretch_compliance
-        assert abs(force) == pytest.approx(HUB_FORCE_MAX_N, rel=1e-6)
-        assert math.copysign(1.0, force) == sign
-        assert 0.0 < sign * (rod.inserted_mm - ins) < 5.0
-        verb = "pushing against" if sign > 0 else "pulling against"
-        assert any(verb in line for line in st.log)
-
-
 # ---------------------------------------------------------------- the atlas carotid
 def _carotid_tree():
     """The atlas's left carotid territory, entered from below through a straight 60 mm sheath

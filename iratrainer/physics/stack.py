@@ -39,7 +39,7 @@ from iratrainer.physics.solver import solve as solve_links
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
 
 MAX_ADVANCE_MM_S = 60.0
-HUB_FORCE_MAX_N = 3.0  # the most a hand pushes or pulls a device through the valve before it slips
+HUB_FORCE_MAX_N = 3.0  # the most a hand pushes a device through the valve before it slips
 MAX_ROTATE_DEG_S = 720.0
 KG = 1e-3  # 1 kg in N·s²/mm
 
@@ -814,26 +814,22 @@ class DeviceStack:
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {sd.max():.1f} mm outside every vessel")
 
     def _limit_hub_force(self) -> None:
-        """A hand cannot push or pull harder than HUB_FORCE_MAX_N: beyond it the device slips in the fingers.
+        """A hand cannot push harder than HUB_FORCE_MAX_N: beyond it the device slips in the fingers.
 
-        The axial force at the sheath is the compression (or, negative, the tension) of the
-        access edge times EA/h; the inserted length is taken back to the length that this
-        force allows. Without the limit in tension, a tip caught at an ostium and pulled back
-        at a set speed was held by whatever tension it took (tens of newtons on a microwire).
+        The axial force at the sheath is the compression of the access edge times EA/h; the
+        inserted length is taken back to the length that this force allows.
         """
         for rod in self.rods:
             K = rod.n_material
             rest = rod.inserted_mm - rod.sigma[-1]
             actual = float(np.linalg.norm(rod.x[K - 1] - rod.x[K]))
             force = (rest - actual) / rod.stretch_compliance
-            if abs(force) > HUB_FORCE_MAX_N:
-                rod.inserted_mm -= (rest - actual) - math.copysign(HUB_FORCE_MAX_N, force) * rod.stretch_compliance
+            if force > HUB_FORCE_MAX_N:
+                rod.inserted_mm -= (rest - actual) - HUB_FORCE_MAX_N * rod.stretch_compliance
                 self._pushed_blocked[rod.name] = self._pushed_blocked.get(rod.name, 0) + 1
                 if self._pushed_blocked[rod.name] == 1:
-                    what = "pushing against" if force > 0 else "pulling against"
-                    verb = "advance" if force > 0 else "come back"
-                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: {what} {abs(force):.1f} N, "
-                                    f"the device does not {verb}")
+                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: pushing against {force:.1f} N, "
+                                    "the device does not advance")
             else:
                 self._pushed_blocked[rod.name] = 0
 
