@@ -322,8 +322,12 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
         b.add("L_CCA", [[2, -16, 24], [14, -12, 45], [25, -8, 75], [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="BCT", at=6.0, jitter_mm=1.0)
     else:
-        b.add("L_CCA", [[10, -8, 14], [22 + 2 * T, -9 - 2 * T, 45], [27 - 2 * T, -7 + 2 * T, 75],
-                        [29, -6, 100], [30, -5, 112]],
+        # from the roof of the arch in types I and II; behind an elongated type III arch,
+        # whose vessels leave low on its ascending side, the first centimetres run obliquely
+        # leftwards before turning up
+        first = [[0, -7, 16], [17 + 2 * T, -9 - 2 * T, 45]] if prm.arch != "III" else \
+            [[10, -8, 14], [22 + 2 * T, -9 - 2 * T, 45]]
+        b.add("L_CCA", first + [[27 - 2 * T, -7 + 2 * T, 75], [29, -6, 100], [30, -5, 112]],
               [dcca["L"]] * 5, parent="AO_ARCH", at=s_bct + 13.0, jitter_mm=1.0)
     fsl = f("L_SCA", 0.10)
     b.add("L_SCA", [[24, 14, 18], [34, 8, 36], [52, 4, 42], [72, 2, 36], [95, 6, 18]],

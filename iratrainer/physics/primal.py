@@ -28,7 +28,7 @@ import numpy as np
 
 from iratrainer.physics.chain import _cholesky_band_solve
 
-__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS", "NO_CYLINDERS"]
+__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS", "NO_CYLINDERS", "NO_FRICTION"]
 
 PRIMAL_HALF_BAND = 8
 MAX_ITERATIONS = 8
@@ -38,6 +38,8 @@ NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(
             np.zeros(0), 0.0)
 #: the wall arguments of :func:`solve_chain_primal` for fixed planes (no cylinders)
 NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
+#: no wall friction: (mu, stick stiffness, normal force per node, anchor per node)
+NO_FRICTION = (0.0, 0.0, np.zeros(0), np.zeros((0, 3)))
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
@@ -118,7 +120,8 @@ def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
-                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end):  # pragma: no cover - numba
+                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end,
+                       fr_mu, fr_k, fr_fn, fr_anchor):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
     ``w``: inverse masses (0 = kinematic); ``x_pred``: inertial prediction; other arrays as in
@@ -147,6 +150,16 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     a one-sided penalty ``k_link/2 · max(|P (p - t)| - gap, 0)²`` (N/mm): the device
     is solved knowing where the devices around it, or inside it, are. Links join
     neighbouring nodes only, so the matrix stays banded.
+
+    Coulomb friction with the wall, in the same solve (``fr_fn`` (N,) the node's normal force
+    at the previous step, N, this iterate's penalty where it was 0; ``fr_anchor`` (N, 3)
+    where it sticks; (0,) and (0, 3) for none): while a node presses its wall at the current
+    iterate, it is held across the wall's tangent plane ``P`` to its anchor by a spring
+    ``fr_k`` (N/mm) whose force is capped at ``fr_mu · fr_fn``: below the cap it sticks (energy ``fr_k/2 ·
+    |P (x - a)|²``), above it it slides against the constant force ``fr_mu · fr_fn``
+    (energy ``fr_mu · fr_fn · |P (x - a)|``, its Hessian taken as ``fr_mu · fr_fn / |P (x - a)| · P``,
+    positive). The static limit is then the force a node bears, not an impulse: with the
+    rod's tiny node masses an impulse limit held every node in contact still.
     """
     N = x.shape[0]
     n = 3 * N
@@ -275,6 +288,38 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 g[3 * i2] += f * w2 * d0
                 g[3 * i2 + 1] += f * w2 * d1
                 g[3 * i2 + 2] += f * w2 * d2
+        # wall friction: a capped tangential spring to each node's anchor, while it is on the wall
+        if fr_mu > 0.0 and fr_fn.shape[0] == N:
+            for k in range(N):
+                if w[k] == 0.0 or not c_on[k]:
+                    continue
+                n0, n1, n2 = c_n[k, 0], c_n[k, 1], c_n[k, 2]
+                # off the wall at this iterate: no friction (else a node leaving the wall sticks to it)
+                pen = n0 * x[k, 0] + n1 * x[k, 1] + n2 * x[k, 2] - c_d[k]
+                if pen <= 0.0:
+                    continue
+                fn = fr_fn[k] if fr_fn[k] > 0.0 else kc * pen
+                if fn <= 0.0:
+                    continue
+                if n0 * n0 + n1 * n1 + n2 * n2 < 0.5:
+                    continue
+                d0 = x[k, 0] - fr_anchor[k, 0]
+                d1 = x[k, 1] - fr_anchor[k, 1]
+                d2 = x[k, 2] - fr_anchor[k, 2]
+                dn = d0 * n0 + d1 * n1 + d2 * n2
+                d0 -= dn * n0
+                d1 -= dn * n1
+                d2 -= dn * n2
+                Lt = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+                cap = fr_mu * fn
+                kt = fr_k if fr_k * Lt <= cap else cap / Lt  # stick, or slide at the cap
+                B[0, 0], B[0, 1], B[0, 2] = 1.0 - n0 * n0, -n0 * n1, -n0 * n2
+                B[1, 0], B[1, 1], B[1, 2] = -n1 * n0, 1.0 - n1 * n1, -n1 * n2
+                B[2, 0], B[2, 1], B[2, 2] = -n2 * n0, -n2 * n1, 1.0 - n2 * n2
+                _add_block(H, k, k, B, bw, kt)
+                g[3 * k] += kt * d0
+                g[3 * k + 1] += kt * d1
+                g[3 * k + 2] += kt * d2
         # kinematic nodes: no motion
         for k in range(N):
             if w[k] == 0.0:

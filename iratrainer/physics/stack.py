@@ -90,11 +90,14 @@ class SafetyThresholds:
 
 
 @nb.njit(cache=True, error_model="numpy")
-def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragma: no cover - numba
+def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter):  # pragma: no cover - numba
     """Quasi-static torsion with Coulomb stick-slip, solved directly (the last node is prescribed).
 
-    The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ τ_max |θ - θ0|``: elastic twist,
-    the shaped tip's coupling torque, and Coulomb friction (a node sticks at ``theta0``
+    The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ k_bend/2 (θ - θ0)² + Σ τ_max |θ - θ0|``:
+    elastic twist, the shaped tip's coupling torque linearised at ``theta0`` (its
+    Gauss-Newton stiffness ``k_bend``, N·mm/rad: without it a soft shaped tip, whose
+    twist stiffness is far below its bend coupling, overshoots and flips side every
+    step), and Coulomb friction (a node sticks at ``theta0``
     while the elastic torque on it is below ``tau_max``, and slips against ``tau_max``
     otherwise). An active-set iteration: with the stick/slip state fixed, the optimality
     conditions are a tridiagonal system (Thomas algorithm, O(N)); nodes whose slip would
@@ -127,9 +130,9 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragm
                 d[k] = theta0[k]
                 continue
             a[k] = -gd
-            b[k] = gp + gd
+            b[k] = gp + gd + k_bend[k]
             c[k] = -gp
-            d[k] = tau_bend[k] - tau_max[k] * state[k]
+            d[k] = tau_bend[k] + k_bend[k] * theta0[k] - tau_max[k] * state[k]
         d[m - 1] -= c[m - 1] * theta[m]  # the prescribed node
         c[m - 1] = 0.0
         # Thomas algorithm
@@ -154,7 +157,7 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, tau_max, n_iter):  # pragm
                     changed = True
             else:
                 # the torque the wall must hold at a stuck node
-                r = tau_bend[k] + gp * (theta[k + 1] - theta[k])
+                r = tau_bend[k] + k_bend[k] * (theta0[k] - theta[k]) + gp * (theta[k + 1] - theta[k])
                 if k > 0:
                     r += gd * (theta[k - 1] - theta[k])
                 if abs(r) > tau_max[k] * (1.0 + 1e-9) + 1e-15:
@@ -236,19 +239,22 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
-                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link):  # pragma: no cover - numba
-    """One device's solve with its wall: cylinders, Gauss-Newton, Coulomb friction, restoration.
+                   max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev,
+                   k_stick):  # pragma: no cover - numba
+    """One device's solve with its wall: cylinders, Coulomb friction, Gauss-Newton.
 
     Every free node carries its wall (inactive unless violated): the cylinder of the segment
     it is in (``closest`` point, unit ``axis``, closed ``end`` mm along it), whose tangent
     plane the Gauss-Newton iterations take afresh, so a node that moves far in one step (a
-    whip) cannot cross the wall unconstrained. After the solve, friction
-    (coefficient ``mu``, normal impulse from the wall force) limits the sliding along the
-    wall measured from the start of the step ``x0``; one more pass restores the
-    constraints. ``r_dev`` (N,) is each node's clearance from the wall: the device's own
-    radius, or the radius of the catheter it runs in. ``l_*``: the coaxial links to the
-    devices around and inside this one (see :func:`solve_chain_primal`). Returns the wall
-    force per node (N).
+    whip) cannot cross the wall unconstrained. Friction (coefficient ``mu``) is part of the
+    same solve: a node on the wall that pressed it with ``fn_prev`` (N) at the previous step
+    is held across the wall to where it was at the start of the step (``x0``) by a spring of
+    ``k_stick`` N/mm whose force is capped at ``mu · fn_prev``: it sticks below the cap
+    (creeping at most ``mu · fn_prev / k_stick`` per step) and slides above it. The spring
+    starts unloaded every step, so friction only takes energy out. ``r_dev`` (N,) is each node's
+    clearance from the wall: the device's own radius, or the radius of the catheter it runs
+    in. ``l_*``: the coaxial links to the devices around and inside this one (see
+    :func:`solve_chain_primal`). Returns the wall force per node (N).
     """
     N = x.shape[0]
     n = np.zeros((N, 3))
@@ -260,36 +266,13 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     for k in range(N):
         rho[k] = max(R[k] - r_dev[k], 0.05)
     # the planes are the cylinders' tangent planes, which the solve takes at its first
-    # iteration (and leaves in n, for the friction); a node on its axis is far from the wall:
-    # n = 0 and plane_d = rho keep its plane inactive
+    # iteration; a node on its axis is far from the wall: n = 0 and plane_d = rho keep its
+    # plane inactive
     plane_d = rho.copy()
     force = np.zeros(N)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end)
-    # friction against the start of the step
-    for k in range(N - 2):
-        if force[k] == 0.0:
-            continue
-        lc = force[k] * dt * dt
-        t0 = x[k, 0] - x0[k, 0]
-        t1 = x[k, 1] - x0[k, 1]
-        t2 = x[k, 2] - x0[k, 2]
-        dn = t0 * n[k, 0] + t1 * n[k, 1] + t2 * n[k, 2]
-        t0 -= dn * n[k, 0]
-        t1 -= dn * n[k, 1]
-        t2 -= dn * n[k, 2]
-        tl = np.sqrt(t0 * t0 + t1 * t1 + t2 * t2)
-        lim = mu * lc / mass
-        f = 1.0 if tl <= lim else lim / max(tl, 1e-15)
-        x[k, 0] -= f * t0
-        x[k, 1] -= f * t1
-        x[k, 2] -= f * t2
-    # friction moved nodes along the wall: restore the constraints (one more pass)
-    # the wall force reported is the one at the final positions
-    solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, 1, dt, 1.0,
-                       force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, 0.5 * MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end)
+                       closest, axis, rho, start, end, mu, k_stick, fn_prev, x0)
     return force
 
 
@@ -570,6 +553,9 @@ class DeviceStack:
         self._pushed_blocked: dict[str, int] = {}
         self._commanded: dict[str, float] = {}
         self._query_cache: tuple[np.ndarray, Any] | None = None
+        #: stiffness of a sticking contact across the wall, N/mm (as the wall's own)
+        self.friction_stiffness = 200.0
+        self._fn_prev = [np.zeros(len(r.x)) for r in self.rods]
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -716,9 +702,12 @@ class DeviceStack:
             rest = rod.rest_lengths()
             if self.solver == "primal":
                 links = self._link_rows(k, pairs)
+                fn_prev = self._friction_state(k)
                 force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k], kb, alpha,
                                        rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links)
+                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links,
+                                       fn_prev, self.friction_stiffness)
+                self._fn_prev[k] = force.copy()
             else:
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
                                                  kb, alpha, rest)
@@ -728,6 +717,18 @@ class DeviceStack:
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
+
+    def _friction_state(self, k: int) -> np.ndarray:
+        """Device k's wall force at the previous step (N, per node), carried over by node index
+        (node 0 is the tip; nodes come and go at the sheath, where there is no wall)."""
+        N = len(self.rods[k].x)
+        fn = self._fn_prev[k]
+        if len(fn) != N:
+            m = max(min(len(fn), N) - 2, 0)
+            new_fn = np.zeros(N)
+            new_fn[:m] = fn[:m]
+            self._fn_prev[k] = new_fn
+        return self._fn_prev[k]
 
     def _contact_solve_dual(self, rod: Rod, x0: np.ndarray, c: np.ndarray, R: np.ndarray, kb: np.ndarray,
                             alpha: np.ndarray, rest: np.ndarray) -> np.ndarray:
@@ -790,10 +791,13 @@ class DeviceStack:
         kb, alpha, mag, n = rod.rest_binormals(with_normals=True)
         # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
         tau = _shape_torque(rod.x, kb, mag, n, alpha)
+        # its Gauss-Newton stiffness: |d κb_rest / dθ|² / α = mag² / α (N·mm/rad)
+        k_bend = mag * mag / alpha
+        k_bend[0] = k_bend[-1] = 0.0
         tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
-        _torsion_kernel(rod.theta, theta0, gj, tau, tau_max, 20)
+        _torsion_kernel(rod.theta, theta0, gj, tau, k_bend, tau_max, 20)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:

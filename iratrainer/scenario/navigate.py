@@ -26,11 +26,15 @@ What the operator does:
   seen up the branch on both planes the wire goes further, and catheter and wire are then
   advanced together (a catheter pushed alone over the wire backs out and drags the wire
   down the arch). Without a shaped catheter the lead itself is **hooked**: taken past the
-  ostium, pointed along the branch, and pulled back until its tip drops in.
+  ostium, pointed along the branch, and pulled back until its tip drops in. Where the
+  vessel ends in its branches (the carotid terminus) there is no going past: the branch
+  is aimed at like any junction.
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
   half-width plus a margin on either plane, pull back to before the junction, turn a
   quarter turn beyond the last choice, and try again (at most ``max_attempts`` per
   junction).
+* **unstick**: when the tip is seen to go less than 3 mm along the roadmap over 1 s of
+  pushing (the device bows or loops behind it), pull back 10 mm and aim again.
 
 Vessel selection is therefore the physics' doing: the shaped tip, the torque reaching
 it, the wall contacts. The operator only chooses hub inputs.
@@ -73,6 +77,9 @@ PROBE_TIP_OUT_MM = 8.0  # between probes the wire's angled tip stays this far ou
 PROBE_TRIES = 4  # probes per parking of the catheter
 PROBE_DEEPER_MM = 20.0  # once in, the wire goes this much further before the catheter follows
 PROBE_FOLLOW_MM = 40.0  # then catheter and wire go up the branch together this far
+STALL_PULSES = 20  # pushing this many pulses (1 s) ...
+STALL_MM = 3.0  # ... with the tip seen to go less than this far along the roadmap: it is stuck
+STALL_BACK_MM = 10.0  # then the tip is pulled back this far along the roadmap and aimed again
 
 
 @dataclass
@@ -135,7 +142,13 @@ class _Route:
         for k in change:
             sj = float(self.arc[k])
             junctions.append(sj)
-            # a branch that leaves backwards (more than 75° from the way in) is caught on a pull-back
+            # a branch that leaves backwards (more than 75° from the way in) is caught on a
+            # pull-back, past its ostium; where the vessel ends in the branches (the carotid
+            # terminus) there is no past: the tip is aimed at the branch instead
+            nxt = tree.branches[int(lab[k + 1])]
+            parent = tree[nxt.parent] if nxt.parent is not None else None
+            if parent is None or nxt.parent_index >= len(parent.points_mm) - 1:
+                continue
             if math.degrees(math.acos(np.clip(self.direction(sj - 10.0, sj) @ self.direction(sj, sj + 10.0),
                                               -1.0, 1.0))) > 75.0:
                 self.hooks.add(round(sj, 1))
@@ -294,7 +307,8 @@ class _Operator:
             self.pulse(0.0, rate)
         for _ in range(settle):
             self.pulse()
-        self.log.append(f"t={self.st.time_s:.2f}s aim before the junction at {s_junction:.0f} mm: "
+        where = "along the route at" if along else "before the junction at"
+        self.log.append(f"t={self.st.time_s:.2f}s aim {where} {s_junction:.0f} mm: "
                         f"{best * AIM_STEP_DEG:.0f}° (scores {', '.join(f'{v:.1f}' for v in scores)})")
 
     def advance_by(self, mm: float, speed: float = 20.0) -> None:
@@ -394,9 +408,11 @@ class _Operator:
         route = self.route
         pending = [s for s in route.junctions if self.s - 5.0 < s < goal]
         tries = 0
+        pushed: list[float] = []  # where the tip was seen over the last pulses of pushing
         while True:
             s, off = self.where()
             if off:
+                pushed.clear()
                 j = max([x for x in route.junctions if x < s + 5.0], default=None)
                 tries += 1
                 self.attempts += 1
@@ -418,6 +434,7 @@ class _Operator:
                 return "reached"
             nxt = pending[0] if pending else None
             if nxt is not None and s >= nxt - LEAD_MM:
+                pushed.clear()
                 if nxt in route.hooks and catheter is not None:
                     wire, wire_offsets = self.lead_index, list(self.offsets)
                     for k in range(self.max_attempts):
@@ -447,6 +464,30 @@ class _Operator:
                 continue
             near = nxt is not None and s > nxt - LEAD_MM - 15.0
             self.pulse(10.0 if near else 30.0)
+            pushed.append(s)
+            if len(pushed) > STALL_PULSES:
+                pushed.pop(0)
+                if max(pushed) - pushed[0] < STALL_MM:
+                    # the hub goes in, the tip does not: the device bows or loops somewhere
+                    # behind it; pull back, turn, push again
+                    tries += 1
+                    self.attempts += 1
+                    self.log.append(f"t={self.st.time_s:.2f}s the tip does not follow the hub near {s:.0f} mm: "
+                                    f"pull back (attempt {tries})")
+                    if tries > self.max_attempts:
+                        return "gave_up"
+                    for _ in range(100):
+                        self.pulse(-20.0)
+                        s2, _ = self.where((-60.0, 10.0))
+                        if s2 < s - STALL_BACK_MM:
+                            break
+                    passed = [x for x in route.junctions if x < s + 5.0]
+                    if passed and s - passed[-1] < AIM_AHEAD_MM:
+                        self.aim(passed[-1], skip=tries)
+                    else:
+                        self.aim(s, skip=tries, along=True)
+                    pushed.clear()
+                    continue
             if tries and nxt is None:
                 tries = 0
 
