@@ -398,6 +398,20 @@ class _Operator:
         self.log.append(f"t={self.st.time_s:.2f}s no probe of the wire found the branch at {j:.0f} mm")
         return False
 
+    def _attempt(self, tries: int, what: str) -> bool:
+        """Count and log a recovery (``what`` happened); False once the tries are used up."""
+        self.attempts += 1
+        self.log.append(f"t={self.st.time_s:.2f}s {what} (attempt {tries})")
+        return tries <= self.max_attempts
+
+    def _pull_back(self, done: Callable[[float, bool], bool], max_pulses: int) -> None:
+        """Pull the lead back at 20 mm/s, pulse by pulse, until ``done(arc, off the roadmap)``."""
+        for _ in range(max_pulses):
+            self.pulse(-20.0)
+            s2, off2 = self.where((-60.0, 10.0))
+            if done(s2, off2):
+                break
+
     def run(self, goal: float, catheter: int | None = None) -> str:
         """Navigate the lead to route arc ``goal``; returns "reached" or "gave_up" (TimeoutError past the limit).
 
@@ -415,17 +429,10 @@ class _Operator:
                 pushed.clear()
                 j = max([x for x in route.junctions if x < s + 5.0], default=None)
                 tries += 1
-                self.attempts += 1
-                self.log.append(f"t={self.st.time_s:.2f}s off the roadmap near {s:.0f} mm: pull back "
-                                f"(attempt {tries})")
-                if tries > self.max_attempts:
+                if not self._attempt(tries, f"off the roadmap near {s:.0f} mm: pull back"):
                     return "gave_up"
                 # pull back until the tip is on the roadmap short of the junction
-                for _ in range(200):
-                    self.pulse(-20.0)
-                    s2, off2 = self.where((-60.0, 10.0))
-                    if not off2 and (j is None or s2 < j - LEAD_MM):
-                        break
+                self._pull_back(lambda s2, off2, j=j: not off2 and (j is None or s2 < j - LEAD_MM), 200)
                 if j is not None:
                     self.aim(j, skip=tries)
                     pending = [x for x in pending if x > j]
@@ -471,16 +478,9 @@ class _Operator:
                     # the hub goes in, the tip does not: the device bows or loops somewhere
                     # behind it; pull back, turn, push again
                     tries += 1
-                    self.attempts += 1
-                    self.log.append(f"t={self.st.time_s:.2f}s the tip does not follow the hub near {s:.0f} mm: "
-                                    f"pull back (attempt {tries})")
-                    if tries > self.max_attempts:
+                    if not self._attempt(tries, f"the tip does not follow the hub near {s:.0f} mm: pull back"):
                         return "gave_up"
-                    for _ in range(100):
-                        self.pulse(-20.0)
-                        s2, _ = self.where((-60.0, 10.0))
-                        if s2 < s - STALL_BACK_MM:
-                            break
+                    self._pull_back(lambda s2, _off, s=s: s2 < s - STALL_BACK_MM, 100)
                     passed = [x for x in route.junctions if x < s + 5.0]
                     if passed and s - passed[-1] < AIM_AHEAD_MM:
                         self.aim(passed[-1], skip=tries)
