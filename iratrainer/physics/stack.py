@@ -96,7 +96,7 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
     The angles minimise ``Σ gj/2 (Δθ)² - Σ τ_bend θ + Σ k_bend/2 (θ - θ0)² + Σ τ_max |θ - θ0|``:
     elastic twist, the shaped tip's coupling torque linearised at ``theta0`` (its
     Gauss-Newton stiffness ``k_bend``, N·mm/rad: without it a soft shaped tip, whose
-    twist stiffness is far below its bend coupling, overshoots and flips side every
+    twist stiffness is of the order of its bend coupling, overshoots and flips side every
     step), and Coulomb friction (a node sticks at ``theta0``
     while the elastic torque on it is below ``tau_max``, and slips against ``tau_max``
     otherwise). An active-set iteration: with the stick/slip state fixed, the optimality
