@@ -178,9 +178,27 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
             "value": round(fps, 2),
             "unit": "frames/s",
             "workload": (f"as render.numpy_{size}_fps, line integrals in GLSL on {where}; "
-                         "noise, blur and log on the CPU (compiled, every core)"),
+                         + ("noise, blur and log in GLSL" if gl.gl_detector else
+                            "noise, blur and log on the CPU (compiled, every core)")),
             "repeats": repeats,
         }
+    # the detector in GLSL as well (what a GPU runs): on a software rasterizer slower than the CPU's
+    auto = gl.gl_detector
+    gl.gl_detector = True
+    try:
+        chain = PlaneChain(lateral(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)
+        fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
+    finally:
+        gl.gl_detector = auto
+    yield {
+        "name": "render.gl_1024_gl_detector_fps",
+        "value": round(fps, 2),
+        "unit": "frames/s",
+        "workload": (f"as render.gl_1024_fps with noise, blur and log in GLSL too (three full-frame passes, "
+                     f"only the log image read back) on {where}; the renderer uses them by itself "
+                     f"{'here' if auto else 'on a GPU, not on a software rasterizer'}"),
+        "repeats": repeats,
+    }
     fps = rotating_rate(gl)
     yield {"name": "render.gl_1024_moving_fps", "value": round(fps, 2), "unit": "frames/s",
            "workload": (f"as render.numpy_1024_moving_fps (the C-arm rotating, every pulse a new view: the "

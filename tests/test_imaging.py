@@ -574,3 +574,95 @@ def test_gl_vessel_union_matches_the_cpu_with_many_overlaps_and_unequal_mu(gl_re
     gl = gl_renderer._capsules(p, a, b, r, mu)
     assert cpu.max() > 0.2
     np.testing.assert_allclose(gl, cpu, atol=2e-4 * cpu.max())
+
+
+# ---------------------------------------------------------------- the detector in GLSL
+def test_gl_detector_is_the_cpu_detector_in_float32(gl_renderer):
+    """Noise off: the GLSL passes (Beer-Lambert, vignetting, blur, log, field mask) give the
+    CPU detector's log image to float32 rounding, with parts given as arrays or left on the GPU."""
+    from iratrainer.imaging.detector import detect
+    from iratrainer.imaging.gl_detector import GlDetector
+
+    det = GlDetector(gl_renderer)
+    rng = np.random.default_rng(4)
+    n = 96
+    parts = tuple(rng.uniform(0.0, 1.5, (n, n)).astype(np.float32) for _ in range(3))
+    gain = 1.0 - 0.3 * rng.uniform(0.0, 1.0, (n, n))
+    mask = (rng.uniform(0.0, 1.0, (n, n)) > 0.2).astype(float)
+    for blur in (0.0, 0.8, 2.5):
+        want = detect(parts, gain, 700.0, mask, blur, None)
+        got = det.detect(parts, gain, 700.0, mask, blur, None)
+        np.testing.assert_allclose(got, want, atol=2e-6 * np.abs(want).max())
+    with pytest.raises(ValueError, match="wider than"):
+        det.detect(parts, gain, 700.0, mask, 9.0, None)
+
+
+def test_gl_detector_noise_is_poisson(gl_renderer):
+    """The GLSL quantum noise: exact Poisson below 25 quanta (the whole distribution, P(0)
+    included), N(λ, λ) above; the same seed gives the same image, another seed another."""
+    from scipy.stats import poisson
+
+    from iratrainer.imaging.gl_detector import GlDetector
+
+    det = GlDetector(gl_renderer)
+    n, n0 = 256, 1000.0
+    ones = np.ones((n, n))
+    zero = np.zeros((n, n), np.float32)
+
+    def counts(lam: float, seeds: range) -> np.ndarray:
+        L = np.full((n, n), np.log(n0 / lam), np.float32)
+        c = np.concatenate([n0 * np.exp(-det.detect((L, zero, zero), ones, n0, ones, 0.0, s)).ravel()
+                            for s in seeds])
+        c[c < 0.75] = 0.0  # max(N, 0.5) in the log image: 0.5 back to 0
+        return c
+
+    for lam in (3.0, 7.3, 19.9):
+        c = np.rint(counts(lam, range(4))).astype(int)
+        m = len(c)
+        freq = np.bincount(c, minlength=60)[:60] / m
+        pmf = poisson.pmf(np.arange(60), lam)
+        sd = np.sqrt(pmf * (1 - pmf) / m)
+        assert np.all(np.abs(freq - pmf) <= 4.5 * sd + 1e-6), lam
+    c = counts(400.0, range(2))
+    assert c.mean() == pytest.approx(400.0, rel=2e-3)
+    assert c.var() == pytest.approx(400.0, rel=0.02)
+    L = np.full((n, n), 2.0, np.float32)
+    a = det.detect((L, zero, zero), ones, n0, ones, 0.6, 2**63 - 5)
+    assert np.array_equal(a, det.detect((L, zero, zero), ones, n0, ones, 0.6, 2**63 - 5))
+    assert not np.array_equal(a, det.detect((L, zero, zero), ones, n0, ones, 0.6, 2**63 - 4))
+
+
+@pytest.mark.parametrize("mode", ["fluoro", "roadmap"])
+def test_gl_renderer_with_its_gl_detector_agrees_with_numpy(gl_renderer, mode):
+    """The whole GL path (line integrals left on the GPU, detector in GLSL) against the CPU
+    reference, noise off; with noise on, the same noise level."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.scene import contrast_downstream, static_stack
+
+    tree = build_atlas()
+    scene = Scene(tree, 0.0, static_stack(tree))
+    iodine = contrast_downstream(tree, "L_CCA")
+    before = gl_renderer.gl_detector
+    gl_renderer.gl_detector = True
+    try:
+        out, noisy = {}, {}
+        for name, renderer in (("numpy", CpuRenderer()), ("gl", gl_renderer)):
+            for noise in (False, True):
+                ch = PlaneChain(lateral(matrix=160), DoseMeter(), np.random.default_rng(0),
+                                ChainSettings(options=ImageOptions(noise=noise), recursive_filter=0.0),
+                                renderer=renderer)
+                if mode == "fluoro":
+                    frame = ch.fluoro_pulse(scene.with_contrast(iodine))
+                else:
+                    ch.dsa_run(lambda t: scene.with_contrast(iodine if t > 0 else 0.0), 1.0)
+                    ch.store_roadmap()
+                    ch.fluoro_pulse(scene)
+                    frame = ch.fluoro_pulse(scene)
+                (noisy if noise else out)[name] = np.asarray(frame.lhat, dtype=np.float64)
+    finally:
+        gl_renderer.gl_detector = before
+    assert np.abs(out["gl"] - out["numpy"]).mean() < 1e-4
+    if mode == "fluoro":
+        inside = lateral(matrix=160).field_mask() == 1.0
+        sd = {k: np.std((noisy[k] - out[k])[inside]) for k in out}
+        assert sd["gl"] == pytest.approx(sd["numpy"], rel=0.05)

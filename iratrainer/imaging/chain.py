@@ -143,8 +143,12 @@ class PlaneChain:
 
     def _expose(self, scene: Scene, kind: str) -> tuple[np.ndarray, Exposure]:
         tech = self._technique(kind)
-        L = self.renderer.line_integrals(scene, self.plane, tech.energy_kev)
-        lhat = form_image(L, self.plane, tech, self.settings.options, self.rng)
+        expose = getattr(self.renderer, "expose", None)
+        if expose is not None:  # the renderer's own image formation (GL: the detector in GLSL)
+            lhat = expose(scene, self.plane, tech, self.settings.options, self.rng)
+        else:
+            L = self.renderer.line_integrals(scene, self.plane, tech.energy_kev)  # type: ignore[attr-defined]
+            lhat = form_image(L, self.plane, tech, self.settings.options, self.rng)
         exp = DoseMeter.exposure(self.plane, tech, kind)
         self.dose.record(exp, 1.0 / self.settings.pps if kind == "fluoro" else 0.0)
         return lhat, exp

@@ -1,16 +1,19 @@
-"""The detector in one compiled pass: Beer-Lambert, quantum noise, blur and the log image.
+"""The detector in two compiled passes: Beer-Lambert, quantum noise, blur and the log image.
 
 Per pixel, with ``L`` the line integral, ``N0`` the unattenuated count and ``g`` the
 vignetting profile:
 
 1. expected quanta ``λ = N0 · g · exp(-L)``;
 2. quantum noise: ``N ~ Poisson(λ)``, drawn exactly below 25 quanta as the sum of a
-   Poisson of the tabulated mean just below λ (0.125-quantum steps, inverted by binary
-   search) and a Poisson of the small remainder (inverted directly); above 25 quanta as
-   its normal approximation ``N(λ, λ)`` (indistinguishable there: the skewness ``1/√λ`` is under 0.2), one or two uniforms
-   per pixel (the normal deviate by inverting its distribution function);
+   Poisson of the tabulated mean just below λ (0.125-quantum steps, inverted by an
+   indexed search: a guide table per mean says where to start, one or two steps from
+   the answer) and a Poisson of the small remainder (inverted directly); above 25 quanta
+   as its normal approximation ``N(λ, λ)`` (indistinguishable there: the skewness
+   ``1/√λ`` is under 0.2); one or two uniforms per pixel (the normal deviate by inverting
+   its distribution function);
 3. detector blur: a separable Gaussian (σ in pixels, truncated at 4 σ, edges repeated,
-   the kernel of :func:`scipy.ndimage.gaussian_filter` with ``mode="nearest"``);
+   the kernel of :func:`scipy.ndimage.gaussian_filter` with ``mode="nearest"``), the
+   row pass fused with steps 1-2 (each row blurred while in cache);
 4. ``Lhat = -ln(max(N, 0.5) / N0)`` times the collimated field mask.
 
 The random numbers are counter based: each pixel's uniforms are a hash (SplitMix64) of
@@ -96,6 +99,21 @@ def _poisson_tables() -> np.ndarray:
 
 
 _CDF = _poisson_tables()
+_GUIDE_BINS = 256  # a power of two: u·BINS is exact
+
+
+def _guide_tables(cdf: np.ndarray) -> np.ndarray:
+    """Per row, for each bin b: the number of entries below b/BINS (where the search for u starts).
+
+    The search for ``u`` in row ``j`` starts at ``guide[j, int(u·BINS)]`` and steps up while
+    the entry is below ``u``: the same index as a binary search (the number of entries
+    below ``u``; the last entry is 1), in one or two steps instead of seven.
+    """
+    edges = np.arange(_GUIDE_BINS) / _GUIDE_BINS
+    return np.stack([np.searchsorted(row, edges, side="left") for row in cdf]).astype(np.int32)
+
+
+_GUIDE = _guide_tables(_CDF)
 
 
 @nb.njit(cache=True, inline="always")
@@ -105,16 +123,14 @@ def _quanta(lam, seed, index):  # pragma: no cover - numba
     if lam >= NORMAL_ABOVE:
         return lam + math.sqrt(lam) * normal_quantile(u1)
     # exact Poisson as the sum of two independent ones: Poisson(j·STEP) by inversion of
-    # its tabulated distribution function (a binary search), plus Poisson(r), r < STEP,
+    # its tabulated distribution function (an indexed search), plus Poisson(r), r < STEP,
     # by inversion with P(0) = e^-r from its series (error below 1e-11)
     j = int(lam * (1.0 / _STEP))
     r = lam - j * _STEP
     row = _CDF[j]
-    lo = 0  # branch-free binary search: the number of entries below u1
-    step = _WIDTH >> 1
-    while step > 0:
-        lo += step * (row[lo + step - 1] < u1)
-        step >>= 1
+    lo = _GUIDE[j, int(u1 * _GUIDE_BINS)]  # the number of entries below u1 (an indexed search)
+    while row[lo] < u1:
+        lo += 1
     u2 = _uniform(_splitmix(h))
     p = 1.0 - r * (1.0 - r * (0.5 - r * (1.0 / 6.0 - r * (1.0 / 24.0 - r * (1.0 / 120.0 - r * (1.0 / 720.0))))))
     f = p
@@ -126,17 +142,39 @@ def _quanta(lam, seed, index):  # pragma: no cover - numba
     return float(lo + k)
 
 
+@nb.njit(cache=True, inline="always")
+def _blur_row(row, w, o):  # pragma: no cover - numba
+    """``o = row`` convolved with the odd kernel ``w`` along the row, edges repeated."""
+    m = row.shape[0]
+    r = (w.shape[0] - 1) // 2
+    for j in range(m):
+        o[j] = w[r] * row[j]
+    for k in range(-r, r + 1):  # interior: no clamping, so the loop vectorises
+        if k == 0:
+            continue
+        wk = w[k + r]
+        for j in range(max(0, -k), min(m, m - k)):
+            o[j] += wk * row[j + k]
+        for j in range(0, max(0, -k)):  # edges repeat the first and last pixel
+            o[j] += wk * row[0]
+        for j in range(min(m, m - k), m):
+            o[j] += wk * row[m - 1]
+
+
 @nb.njit(cache=True, parallel=True)
-def _counts(L, L2, L3, gain, n0, noise, seed, out):  # pragma: no cover - numba
+def _counts_rows(L, L2, L3, gain, n0, noise, seed, w, out):  # pragma: no cover - numba
     """Quanta per pixel for the line integral ``(L + L2) + L3`` (the renderer's three parts,
-    summed here in the order NumPy would, so no summed image is made)."""
+    summed here in the order NumPy would, so no summed image is made), blurred along the
+    row while the row is in cache."""
     n = L.shape[0]
     m = L.shape[1]
     for i in nb.prange(n):
+        row = np.empty(m)
         for j in range(m):
             total = (np.float64(L[i, j]) + np.float64(L2[i, j])) + np.float64(L3[i, j])
             lam = n0 * gain[i, j] * math.exp(-total)
-            out[i, j] = _quanta(lam, seed, i * m + j) if noise else lam
+            row[j] = _quanta(lam, seed, i * m + j) if noise else lam
+        _blur_row(row, w, out[i])
 
 
 @nb.njit(cache=True, parallel=True)
@@ -158,27 +196,6 @@ def filter_and_window(lhat, prev, a, lo, hi, mask, rf, disp):  # pragma: no cove
             d = 1.0 - (v - lo) / span
             d = min(max(d, 0.0), 1.0)
             disp[i, j] = np.float32(d * mask[i, j])
-
-
-@nb.njit(cache=True, parallel=True)
-def _blur_rows(src, w, out):  # pragma: no cover - numba
-    n, m = src.shape
-    r = (w.shape[0] - 1) // 2
-    for i in nb.prange(n):
-        row = src[i]
-        o = out[i]
-        for j in range(m):
-            o[j] = w[r] * row[j]
-        for k in range(-r, r + 1):  # interior: no clamping, so the loop vectorises
-            if k == 0:
-                continue
-            wk = w[k + r]
-            for j in range(max(0, -k), min(m, m - k)):
-                o[j] += wk * row[j + k]
-            for j in range(0, max(0, -k)):  # edges repeat the first and last pixel
-                o[j] += wk * row[0]
-            for j in range(min(m, m - k), m):
-                o[j] += wk * row[m - 1]
 
 
 @nb.njit(cache=True, parallel=True)
@@ -256,14 +273,9 @@ def detect(L: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], gain: np.n
         raise ValueError("the line-integral parts differ in shape")
     gain = np.ascontiguousarray(np.broadcast_to(gain, L.shape), dtype=np.float64)
     mask = np.ascontiguousarray(np.broadcast_to(mask, L.shape), dtype=np.float64)
-    counts = np.empty(L.shape)
-    _counts(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), counts)
     w = gaussian_kernel(blur_px) if blur_px > 0 else np.ones(1)
     tmp = np.empty(L.shape)
-    if len(w) > 1:
-        _blur_rows(counts, w, tmp)
-    else:
-        tmp, counts = counts, tmp
+    _counts_rows(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), w, tmp)
     out = np.empty(L.shape)
     _blur_cols_log(tmp, w, float(n0), mask, out)
     return out

@@ -200,6 +200,11 @@ class CpuRenderer:
         return LineIntegrals(self.background(scene, plane, e_kev), self.iodine(scene, plane, e_kev),
                              self.devices(scene, plane, e_kev))
 
+    def expose(self, scene: Scene, plane: CArmPlane, technique: Technique, options: ImageOptions,
+               rng: np.random.Generator | None) -> np.ndarray:
+        """The log image ``Lhat`` of one exposure: line integrals, then :func:`form_image`."""
+        return form_image(self.line_integrals(scene, plane, technique.energy_kev), plane, technique, options, rng)
+
 
 def unattenuated_counts(plane: CArmPlane, technique: Technique) -> float:
     """Detected quanta per pixel with nothing in the beam (N0), for one pulse or frame."""
@@ -224,13 +229,18 @@ def form_image(
     """
     n0 = unattenuated_counts(plane, technique)
     g = _gain(plane.matrix, options.vignetting)
-    seed = None
-    if options.noise:
-        if rng is None:
-            raise ValueError("noise needs the caller's random generator")
-        seed = int(rng.integers(0, 2**63))  # the frame's noise seed (counter-based draws per pixel)
+    seed = frame_seed(options, rng)
     parts = (L.background, L.iodine, L.devices) if isinstance(L, LineIntegrals) else L
     return detect(parts, g, n0, plane.field_mask(), options.blur_px, seed)
+
+
+def frame_seed(options: ImageOptions, rng: np.random.Generator | None) -> int | None:
+    """The frame's noise seed: one draw from the caller's generator (None with noise off)."""
+    if not options.noise:
+        return None
+    if rng is None:
+        raise ValueError("noise needs the caller's random generator")
+    return int(rng.integers(0, 2**63))  # counter-based draws per pixel from this seed
 
 
 @lru_cache(maxsize=16)
