@@ -663,6 +663,15 @@ def test_gl_renderer_with_its_gl_detector_agrees_with_numpy(gl_renderer, mode):
         gl_renderer.gl_detector = before
     assert np.abs(out["gl"] - out["numpy"]).mean() < 1e-4
     if mode == "fluoro":
+        # a blur wider than the GLSL kernel takes the CPU detector (the same image as NumPy's)
+        wide = ChainSettings(options=ImageOptions(noise=False, blur_px=9.0), recursive_filter=0.0)
+        imgs = []
+        for renderer in (CpuRenderer(), gl_renderer):
+            gl_renderer.gl_detector = True
+            ch = PlaneChain(lateral(matrix=160), DoseMeter(), np.random.default_rng(0), wide, renderer=renderer)
+            imgs.append(np.asarray(ch.fluoro_pulse(scene.with_contrast(iodine)).lhat))
+        gl_renderer.gl_detector = before
+        assert np.abs(imgs[0] - imgs[1]).max() < 1e-5
         inside = lateral(matrix=160).field_mask() == 1.0
         sd = {k: np.std((noisy[k] - out[k])[inside]) for k in out}
         assert sd["gl"] == pytest.approx(sd["numpy"], rel=0.05)
