@@ -675,3 +675,20 @@ def test_gl_renderer_with_its_gl_detector_agrees_with_numpy(gl_renderer, mode):
         inside = lateral(matrix=160).field_mask() == 1.0
         sd = {k: np.std((noisy[k] - out[k])[inside]) for k in out}
         assert sd["gl"] == pytest.approx(sd["numpy"], rel=0.05)
+
+
+def test_detector_computes_only_the_collimated_field_and_loses_nothing():
+    """Outside the collimated field (and the blur's reach) the detector skips the pixels:
+    the image is the full computation times the field mask, to the bit."""
+    from dataclasses import replace
+
+    from iratrainer.imaging.detector import detect
+
+    p = replace(lateral(matrix=200), collimation=0.7)
+    mask = p.field_mask()
+    assert not mask.flags.writeable and mask.min() == 0.0  # the cached field, with pixels outside
+    L = np.random.default_rng(2).uniform(0.0, 5.0, (200, 200))
+    g = np.ones_like(L)
+    for blur in (0.0, 1.5):
+        full = detect(L, g, 60.0, np.ones_like(L), blur, 99) * mask
+        np.testing.assert_array_equal(detect(L, g, 60.0, mask, blur, 99), full)

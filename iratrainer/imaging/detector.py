@@ -16,6 +16,11 @@ vignetting profile:
    row pass fused with steps 1-2 (each row blurred while in cache);
 4. ``Lhat = -ln(max(N, 0.5) / N0)`` times the collimated field mask.
 
+Only the pixels that can reach the field are computed: per row, the field's columns, the
+row blur the column blur of the rows around needs, and the quanta that row blur reads
+(each range the previous widened by the blur radius); the rest is 0. Inside the field
+the image is the full computation's to the bit (tested).
+
 The random numbers are counter based: each pixel's uniforms are a hash (SplitMix64) of
 the frame seed and the pixel index. The result does not depend on the number of threads,
 so the same seed gives the same image bit for bit; the frame seed is one draw from the
@@ -143,38 +148,80 @@ def _quanta(lam, seed, index):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, inline="always")
-def _blur_row(row, w, o):  # pragma: no cover - numba
-    """``o = row`` convolved with the odd kernel ``w`` along the row, edges repeated."""
+def _blur_row(row, w, o, lo, hi):  # pragma: no cover - numba
+    """``o[lo:hi]`` = ``row`` convolved with the odd kernel ``w`` along the row, edges
+    repeated; 0 elsewhere. Each output sums its terms in the same order whatever the range."""
     m = row.shape[0]
     r = (w.shape[0] - 1) // 2
-    for j in range(m):
+    for j in range(0, lo):
+        o[j] = 0.0
+    for j in range(hi, m):
+        o[j] = 0.0
+    for j in range(lo, hi):
         o[j] = w[r] * row[j]
     for k in range(-r, r + 1):  # interior: no clamping, so the loop vectorises
         if k == 0:
             continue
         wk = w[k + r]
-        for j in range(max(0, -k), min(m, m - k)):
+        for j in range(max(lo, -k), min(hi, m - k)):
             o[j] += wk * row[j + k]
-        for j in range(0, max(0, -k)):  # edges repeat the first and last pixel
+        for j in range(lo, min(hi, max(0, -k))):  # edges repeat the first and last pixel
             o[j] += wk * row[0]
-        for j in range(min(m, m - k), m):
+        for j in range(max(lo, min(m, m - k)), hi):
             o[j] += wk * row[m - 1]
 
 
 @nb.njit(cache=True, parallel=True)
-def _counts_rows(L, L2, L3, gain, n0, noise, seed, w, out):  # pragma: no cover - numba
+def _counts_rows(L, L2, L3, gain, n0, noise, seed, w, need, keep, out):  # pragma: no cover - numba
     """Quanta per pixel for the line integral ``(L + L2) + L3`` (the renderer's three parts,
     summed here in the order NumPy would, so no summed image is made), blurred along the
-    row while the row is in cache."""
+    row while the row is in cache. Row i is counted on columns ``need[i, 0]:need[i, 1]`` and
+    its blur kept on ``keep[i, 0]:keep[i, 1]`` (0 elsewhere)."""
     n = L.shape[0]
     m = L.shape[1]
     for i in nb.prange(n):
         row = np.empty(m)
-        for j in range(m):
+        for j in range(need[i, 0], need[i, 1]):
             total = (np.float64(L[i, j]) + np.float64(L2[i, j])) + np.float64(L3[i, j])
             lam = n0 * gain[i, j] * math.exp(-total)
             row[j] = _quanta(lam, seed, i * m + j) if noise else lam
-        _blur_row(row, w, out[i])
+        _blur_row(row, w, out[i], keep[i, 0], keep[i, 1])
+
+
+@nb.njit(cache=True)
+def _support(mask, r):  # pragma: no cover - numba
+    """Per row, the columns the detector must compute for a field ``mask`` and blur radius r.
+
+    ``field``: where the mask is non-zero (first, last + 1); ``keep``: the row blur needed
+    by the column blur of the rows within r (their fields' span); ``need``: the quanta that
+    row blur reads (``keep`` widened by r). Rows with nothing to compute get (0, 0).
+    """
+    n, m = mask.shape
+    field = np.zeros((n, 2), np.int64)
+    for i in range(n):
+        lo, hi = m, 0
+        for j in range(m):
+            if mask[i, j] != 0.0:
+                lo = min(lo, j)
+                hi = j + 1
+        if hi > lo:
+            field[i, 0], field[i, 1] = lo, hi
+    keep = np.zeros((n, 2), np.int64)
+    need = np.zeros((n, 2), np.int64)
+    for i in range(n):
+        lo, hi = m, 0
+        for ii in range(max(i - r, 0), min(i + r, n - 1) + 1):
+            if field[ii, 1] > field[ii, 0]:
+                lo = min(lo, field[ii, 0])
+                hi = max(hi, field[ii, 1])
+        if i - r < 0 and field[0, 1] > field[0, 0]:  # rows above the image repeat row 0
+            lo, hi = min(lo, field[0, 0]), max(hi, field[0, 1])
+        if i + r > n - 1 and field[n - 1, 1] > field[n - 1, 0]:
+            lo, hi = min(lo, field[n - 1, 0]), max(hi, field[n - 1, 1])
+        if hi > lo:
+            keep[i, 0], keep[i, 1] = lo, hi
+            need[i, 0], need[i, 1] = max(lo - r, 0), min(hi + r, m)
+    return field, keep, need
 
 
 @nb.njit(cache=True, parallel=True)
@@ -199,22 +246,24 @@ def filter_and_window(lhat, prev, a, lo, hi, mask, rf, disp):  # pragma: no cove
 
 
 @nb.njit(cache=True, parallel=True)
-def _blur_cols_log(src, w, n0, mask, out):  # pragma: no cover - numba
+def _blur_cols_log(src, w, n0, mask, field, out):  # pragma: no cover - numba
+    """The blur along columns, then ``-ln(max(N, 0.5)/N0)·mask`` on each row's field (0 elsewhere)."""
     n, m = src.shape
     r = (w.shape[0] - 1) // 2
     inv = 1.0 / n0
     for i in nb.prange(n):
         o = out[i]
+        lo, hi = field[i, 0], field[i, 1]
         for j in range(m):
             o[j] = 0.0
         for k in range(-r, r + 1):
             ii = min(max(i + k, 0), n - 1)
             wk = w[k + r]
             row = src[ii]
-            for j in range(m):
+            for j in range(lo, hi):
                 o[j] += wk * row[j]
         mk = mask[i]
-        for j in range(m):
+        for j in range(lo, hi):
             o[j] = -math.log(max(o[j], 0.5) * inv) * mk[j]
 
 
@@ -272,10 +321,31 @@ def detect(L: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray], gain: np.n
     if any(x.shape != L.shape for x in parts):
         raise ValueError("the line-integral parts differ in shape")
     gain = np.ascontiguousarray(np.broadcast_to(gain, L.shape), dtype=np.float64)
-    mask = np.ascontiguousarray(np.broadcast_to(mask, L.shape), dtype=np.float64)
+    if not (isinstance(mask, np.ndarray) and mask.shape == L.shape and mask.dtype == np.float64
+            and mask.flags.c_contiguous):  # (the cached field masks pass as they are)
+        mask = np.ascontiguousarray(np.broadcast_to(mask, L.shape), dtype=np.float64)
     w = gaussian_kernel(blur_px) if blur_px > 0 else np.ones(1)
     tmp = np.empty(L.shape)
-    _counts_rows(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), w, tmp)
+    field, keep, need = _field_support(mask, (len(w) - 1) // 2)
+    _counts_rows(parts[0], parts[1], parts[2], gain, float(n0), seed is not None, np.uint64(seed or 0), w, need,
+                 keep, tmp)
     out = np.empty(L.shape)
-    _blur_cols_log(tmp, w, float(n0), mask, out)
+    _blur_cols_log(tmp, w, float(n0), mask, field, out)
+    return out
+
+
+_SUPPORT: dict[tuple[int, int], tuple[np.ndarray, tuple[np.ndarray, ...]]] = {}
+
+
+def _field_support(mask: np.ndarray, r: int) -> tuple[np.ndarray, ...]:
+    """:func:`_support` of a mask, kept for read-only masks (the cached collimated fields)."""
+    if mask.flags.writeable:
+        return _support(mask, r)
+    hit = _SUPPORT.get((id(mask), r))
+    if hit is not None and hit[0] is mask:
+        return hit[1]
+    out = _support(mask, r)
+    if len(_SUPPORT) >= 16:
+        _SUPPORT.pop(next(iter(_SUPPORT)))
+    _SUPPORT[(id(mask), r)] = (mask, out)
     return out
