@@ -97,37 +97,26 @@ void main() {
 }
 """.replace("NORMAL_ABOVE", f"{NORMAL_ABOVE:.1f}").replace("STEP", f"{_STEP!r}").replace("WIDTH", str(_WIDTH))
 
-_BLUR_ROWS = _HEAD + """
-uniform sampler2D src;
-uniform float w[2 * MAXR + 1];
-uniform int r;
-uniform int n;
-void main() {
-    ivec2 px = ivec2(gl_FragCoord.xy);
-    float acc = w[r] * texelFetch(src, px, 0).x;
-    for (int k = 1; k <= r; ++k) {
-        acc += w[r - k] * texelFetch(src, ivec2(max(px.x - k, 0), px.y), 0).x;
-        acc += w[r + k] * texelFetch(src, ivec2(min(px.x + k, n - 1), px.y), 0).x;
-    }
-    result = acc;
-}
-""".replace("MAXR", str(MAX_BLUR_RADIUS))
-
-_BLUR_COLS_LOG = _HEAD + """
+# the separable blur, one axis per pass (edges repeated); the second pass also takes the log
+_BLUR = _HEAD + """
 uniform sampler2D src;
 uniform sampler2D mask;
 uniform float w[2 * MAXR + 1];
 uniform int r;
 uniform int n;
+uniform int ax;           // the pass's axis: (1, 0) along rows, (0, 1) along columns
+uniform int ay;
+uniform int log_out;      // 1: -ln(max(N, 0.5) / N0) times the field mask
 uniform float inv_n0;
 void main() {
     ivec2 px = ivec2(gl_FragCoord.xy);
+    ivec2 axis = ivec2(ax, ay);
     float acc = w[r] * texelFetch(src, px, 0).x;
     for (int k = 1; k <= r; ++k) {
-        acc += w[r - k] * texelFetch(src, ivec2(px.x, max(px.y - k, 0)), 0).x;
-        acc += w[r + k] * texelFetch(src, ivec2(px.x, min(px.y + k, n - 1)), 0).x;
+        acc += w[r - k] * texelFetch(src, clamp(px - k * axis, 0, n - 1), 0).x;
+        acc += w[r + k] * texelFetch(src, clamp(px + k * axis, 0, n - 1), 0).x;
     }
-    result = -log(max(acc, 0.5) * inv_n0) * texelFetch(mask, px, 0).x;
+    result = log_out == 0 ? acc : -log(max(acc, 0.5) * inv_n0) * texelFetch(mask, px, 0).x;
 }
 """.replace("MAXR", str(MAX_BLUR_RADIUS))
 
@@ -157,8 +146,7 @@ class GlDetector:
         self.gl = gl
         GL = gl.ctx.GL
         self._counts = gl._program(_COUNTS)
-        self._rows = gl._program(_BLUR_ROWS)
-        self._cols = gl._program(_BLUR_COLS_LOG)
+        self._blur = gl._program(_BLUR)
         self._cdf = gl._texture(_CDF.astype(np.float32), GL.GL_R32F, GL.GL_RED, GL.GL_FLOAT)
 
     def detect(self, parts: tuple[Any, Any, Any], gain: np.ndarray, n0: float, mask: np.ndarray,
@@ -198,7 +186,9 @@ class GlDetector:
                           uints={"key0": k0, "key1": k1}, slot="counts")
         wf = np.zeros(2 * MAX_BLUR_RADIUS + 1, np.float32)
         wf[:len(w)] = w
-        rows = gl._pass(self._rows, n, [("src", counts)], ints={"r": r, "n": n}, arrays={"w": wf}, slot="rows")
-        out = gl._pass(self._cols, n, [("src", rows), ("mask", m_tex)], ints={"r": r, "n": n},
+        blur = {"r": r, "n": n}
+        rows = gl._pass(self._blur, n, [("src", counts), ("mask", m_tex)], ints={**blur, "ax": 1, "ay": 0, "log_out": 0},
+                        floats={"inv_n0": 1.0 / float(n0)}, arrays={"w": wf}, slot="rows")
+        out = gl._pass(self._blur, n, [("src", rows), ("mask", m_tex)], ints={**blur, "ax": 0, "ay": 1, "log_out": 1},
                        floats={"inv_n0": 1.0 / float(n0)}, arrays={"w": wf}, slot="lhat", read=True)
         return np.asarray(out, dtype=np.float64)
