@@ -210,14 +210,10 @@ def _support(mask, r):  # pragma: no cover - numba
     need = np.zeros((n, 2), np.int64)
     for i in range(n):
         lo, hi = m, 0
-        for ii in range(max(i - r, 0), min(i + r, n - 1) + 1):
+        for ii in range(max(i - r, 0), min(i + r, n - 1) + 1):  # (rows past the edges repeat these)
             if field[ii, 1] > field[ii, 0]:
                 lo = min(lo, field[ii, 0])
                 hi = max(hi, field[ii, 1])
-        if i - r < 0 and field[0, 1] > field[0, 0]:  # rows above the image repeat row 0
-            lo, hi = min(lo, field[0, 0]), max(hi, field[0, 1])
-        if i + r > n - 1 and field[n - 1, 1] > field[n - 1, 0]:
-            lo, hi = min(lo, field[n - 1, 0]), max(hi, field[n - 1, 1])
         if hi > lo:
             keep[i, 0], keep[i, 1] = lo, hi
             need[i, 0], need[i, 1] = max(lo - r, 0), min(hi + r, m)

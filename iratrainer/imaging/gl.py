@@ -761,12 +761,10 @@ class GlRenderer(CpuRenderer):
         read back. The frame's noise seed is drawn from ``rng`` as
         :func:`~iratrainer.imaging.render.form_image` does.
         """
-        from iratrainer.imaging.detector import gaussian_kernel
-        from iratrainer.imaging.gl_detector import MAX_BLUR_RADIUS, GlDetector
+        from iratrainer.imaging.gl_detector import GlDetector, blur_fits
         from iratrainer.imaging.render import _gain, frame_seed, unattenuated_counts
 
-        wide = options.blur_px > 0 and len(gaussian_kernel(options.blur_px)) > 2 * MAX_BLUR_RADIUS + 1
-        if not self.gl_detector or wide:  # a blur wider than the GLSL kernel: the CPU detector
+        if not self.gl_detector or not blur_fits(options.blur_px):  # a blur wider than the GLSL kernel: the CPU detector
             return super().expose(scene, plane, technique, options, rng)
         if self._detector is None:
             self._detector = GlDetector(self)

@@ -27,7 +27,7 @@ import numpy as np
 
 from iratrainer.imaging.detector import _CDF, _STEP, _WIDTH, NORMAL_ABOVE, gaussian_kernel
 
-__all__ = ["GlDetector", "seed_keys", "MAX_BLUR_RADIUS"]
+__all__ = ["GlDetector", "seed_keys", "MAX_BLUR_RADIUS", "blur_fits"]
 
 MAX_BLUR_RADIUS = 32  # pixels: σ up to 7.9 px (truncated at 4 σ, as the CPU)
 
@@ -121,6 +121,11 @@ void main() {
 """.replace("MAXR", str(MAX_BLUR_RADIUS))
 
 
+def blur_fits(blur_px: float) -> bool:
+    """True when a detector blur of σ = ``blur_px`` pixels fits the GLSL kernel."""
+    return blur_px <= 0 or int(4.0 * blur_px + 0.5) <= MAX_BLUR_RADIUS  # gaussian_kernel's radius
+
+
 def seed_keys(seed: int) -> tuple[int, int]:
     """Two 32-bit keys of a 64-bit frame seed (its low and high words, each SplitMix64-mixed)."""
     m = (1 << 64) - 1
@@ -170,7 +175,7 @@ class GlDetector:
         n = int(np.shape(gain)[0])
         w = gaussian_kernel(blur_px) if blur_px > 0 else np.ones(1)
         r = (len(w) - 1) // 2
-        if r > MAX_BLUR_RADIUS:
+        if not blur_fits(blur_px):
             raise ValueError(f"detector blur σ = {blur_px} px is wider than the GL detector's "
                              f"{MAX_BLUR_RADIUS}-pixel kernel")
         slots = ("bg", "iod", "dev")
