@@ -220,16 +220,33 @@ class LumenIndex:
         return _assemble(self.tree, seg, t, sd)
 
 
+@nb.njit(cache=True)
+def _assemble_kernel(seg, t, seg_a, seg_b, seg_ra, seg_rb, seg_branch, seg_s0, seg_len):  # pragma: no cover
+    """Closest centerline point, radius, branch and arc of each point from its segment and ``t``."""
+    M = seg.shape[0]
+    closest = np.empty((M, 3))
+    radius = np.empty(M)
+    branch = np.empty(M, np.int64)
+    arc = np.empty(M)
+    for k in range(M):
+        s = seg[k]
+        tk = t[k]
+        for c in range(3):
+            closest[k, c] = seg_a[s, c] + tk * (seg_b[s, c] - seg_a[s, c])
+        radius[k] = seg_ra[s] + tk * (seg_rb[s] - seg_ra[s])
+        branch[k] = seg_branch[s]
+        arc[k] = seg_s0[s] + tk * seg_len[s]
+    return closest, radius, branch, arc
+
+
 def _assemble(tree: VesselTree, seg: np.ndarray, t: np.ndarray, sd: np.ndarray) -> LumenQuery:
     from iratrainer.anatomy.tree import LumenQuery
 
-    a = tree.seg_a[seg]
-    b = tree.seg_b[seg]
-    closest = a + t[:, None] * (b - a)
-    radius = tree.seg_ra[seg] + t * (tree.seg_rb[seg] - tree.seg_ra[seg])
+    closest, radius, branch, arc = _assemble_kernel(seg, t, tree.seg_a, tree.seg_b, tree.seg_ra, tree.seg_rb,
+                                                    tree.seg_branch, tree.seg_s0, tree.seg_len)
     return LumenQuery(
-        branch=tree.seg_branch[seg].astype(np.int64),
-        arc_mm=tree.seg_s0[seg] + t * tree.seg_len[seg],
+        branch=branch,
+        arc_mm=arc,
         signed_distance_mm=sd,
         closest_mm=closest,
         radius_mm=radius,

@@ -366,6 +366,21 @@ def _worst_node(force, radius):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _clearance_kernel(n_nodes, r_dev, sigma, inserted, outer_inserted, r_in):  # pragma: no cover - numba
+    """One device's clearance from the wall per node (mm; see :meth:`DeviceStack._clearances`):
+    its radius ``r_dev``, raised to ``r_in`` where the node lies inside the outer device
+    (``r_in = -inf``: no outer device). Returns the clearances and their largest value."""
+    r = np.full(n_nodes, r_dev)
+    for k in range(sigma.shape[0]):
+        if inserted - sigma[k] <= outer_inserted and r_in > r[k]:
+            r[k] = r_in
+    top = r_dev
+    for k in range(n_nodes):
+        top = max(top, r[k])
+    return r, top
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - numba
     """The inner device's nodes inside the outer one (σ of each: ``sigma_i``, ``sigma_o``;
     inserted lengths ``ins_i``, ``ins_o``, mm): their indices, the outer edge (o1, o2) each
@@ -438,6 +453,10 @@ def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, pl
             for c in range(3):
                 t[r, c] = xi[ks2[q], c]
     return i1, i2, w1, w2, t, tan, gap
+
+
+#: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
+_NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
 
 class Rod:
@@ -754,14 +773,16 @@ class DeviceStack:
         outer device, that device's clearance less the play between them (a wire inside a
         catheter cannot ride closer to the wall than the catheter around it)."""
         out: list[np.ndarray] = []
+        r_max = 0.0
         for j, rod in enumerate(self.rods):
-            r = np.full(len(rod.x), rod.spec.outer_radius_mm)
-            if j > 0:
+            if j == 0:
+                r, r_max = _clearance_kernel(len(rod.x), rod.spec.outer_radius_mm, rod.sigma, rod.inserted_mm,
+                                             0.0, -np.inf)
+            else:
                 outer = self.rods[j - 1]
                 play = max(outer.spec.inner_radius_mm - rod.spec.outer_radius_mm, 0.0)
-                inside = (rod.inserted_mm - rod.sigma) <= outer.inserted_mm
-                r_in = float(np.max(out[j - 1])) - play
-                r[:rod.n_material][inside] = np.maximum(r[:rod.n_material][inside], r_in)
+                r, r_max = _clearance_kernel(len(rod.x), rod.spec.outer_radius_mm, rod.sigma, rod.inserted_mm,
+                                             outer.inserted_mm, r_max - play)
             out.append(r)
         return out
 
@@ -784,13 +805,11 @@ class DeviceStack:
         """Device k's link rows for :func:`solve_chain_primal`, against the current positions of
         the device around it (its axis where each inside node sits) and of the device inside
         it (each inner node, held by the outer edge it sits in)."""
-        empty_i = np.zeros(0, np.int64)
-        empty_f = np.zeros(0)
         sides = []
         for want in (k, k + 1):  # k as the inner device (its pair with k-1), then as the outer one
             hit = next((p for p in pairs if p[0] == want), None)
             if hit is None:
-                sides.append((np.zeros((1, 3)), empty_i, empty_i, empty_i, empty_f, 0.0))
+                sides.append(_NO_SIDE)
             else:
                 j, ks, o1, o2, beta, play = hit
                 other = self.rods[j - 1].x if want == k else self.rods[j].x
