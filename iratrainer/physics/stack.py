@@ -23,6 +23,7 @@ Divergence (NaN, a node far outside every lumen) raises :class:`PhysicsError`.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -247,6 +248,36 @@ def _torsion_terms(x, t0, u0, theta, mag, alpha, wall_force, mu, radius):  # pra
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _rod_torsion(theta, hub_angle, x, t0, u0, mag, alpha, gj, wall_force, mu, radius):  # pragma: no cover - numba
+    """One device's twist update in place on ``theta``: the shaped tip's coupling torque
+    -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α, its Gauss-Newton stiffness
+    |d κb_rest / dθ|² / α = mag² / α (N·mm/rad) and the Coulomb limit from the wall force
+    (:func:`_torsion_terms`), the sheath nodes turned to ``hub_angle`` (rad), then
+    :func:`_torsion_kernel`."""
+    tau, k_bend, tau_max = _torsion_terms(x, t0, u0, theta, mag, alpha, wall_force, mu, radius)
+    theta0 = theta.copy()
+    N = theta.shape[0]
+    theta[N - 2] = hub_angle
+    theta[N - 1] = hub_angle
+    _torsion_kernel(theta, theta0, gj, tau, k_bend, tau_max, 20)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _farthest_outside(sd, ends):  # pragma: no cover - numba
+    """Largest signed distance (mm) over the nodes of all devices, the two kinematic nodes at
+    the sheath of each device (the two before each of ``ends``) left out."""
+    worst = -np.inf
+    d = 0
+    for k in range(sd.shape[0]):
+        while d < ends.shape[0] - 1 and k >= ends[d]:
+            d += 1
+        if k >= ends[d] - 2:
+            continue
+        worst = max(worst, sd[k])
+    return worst
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _total_turn(x):  # pragma: no cover - numba
     """Sum of the turning angles (rad) between successive edges of the free part ``x``."""
     N = x.shape[0]
@@ -409,6 +440,29 @@ def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - num
     return ks, o1, o2, beta
 
 
+@nb.njit(cache=True, error_model="numpy")
+def _rod_contact_solve(x, x0, closest, axis, start, end, R, r_dev, t0, u0, theta, mag, alpha, h, rest_last, mass,
+                       s_alpha, c_alpha, n_iter, dt, max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
+                       fn_prev, k_stick, inside):  # pragma: no cover - numba
+    """One device's whole contact solve in one call: its rest curvature from its material
+    frames (:func:`_rest_state`), its rest lengths (``h``, the access edge ``rest_last``),
+    :func:`_contact_solve`, then the friction state for the next step (``fn_prev`` is
+    overwritten with this step's wall force) and the wall force with the nodes ``inside``
+    another device set to zero (they touch that device, not the vessel). Returns the wall
+    force per node (N)."""
+    kb, _ = _rest_state(x, t0, u0, theta, mag)
+    N = x.shape[0]
+    rest = np.full(N - 1, h)
+    rest[N - 3] = rest_last
+    force = _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha,
+                           n_iter, dt, max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev,
+                           k_stick)
+    fn_prev[:] = force
+    for k in inside:
+        force[k] = 0.0
+    return force
+
+
 @nb.njit(cache=True)
 def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, play2):  # pragma: no cover
     """Link rows of one device (see :meth:`DeviceStack._link_rows`): first as the inner device
@@ -455,6 +509,10 @@ def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, pl
     return i1, i2, w1, w2, t, tan, gap
 
 
+#: no node index, no value, no vector (shared empty arguments, never written)
+_NO_NODES = np.zeros(0, np.int64)
+_NO_VALUES = np.zeros(0)
+_NO_VECTORS = np.zeros((0, 3))
 #: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
 _NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
@@ -710,7 +768,7 @@ class DeviceStack:
         self._node_radius = [np.ones(len(r.x)) for r in self.rods]
         self._active_events: set[tuple[str, str, int]] = set()
         # (time, inserted length, tip arc along the way in) per device, for buckling detection
-        self._push_history: list[list[tuple[float, float, np.ndarray]]] = [[] for _ in self.rods]
+        self._push_history: list[deque[tuple[float, float, tuple[float, ...]]]] = [deque() for _ in self.rods]
         self._shape_flags: dict[tuple[str, str], bool] = {}
         self._pushed_blocked: dict[str, int] = {}
         self._commanded: dict[str, float] = {}
@@ -839,9 +897,9 @@ class DeviceStack:
         clear = self._clearances()
         if pairs is None:
             pairs = self._link_pairs()
-        inside = [np.zeros(len(r.x), dtype=bool) for r in self.rods]
+        inside = [_NO_NODES] * len(self.rods)
         for j, ks, *_ in pairs:
-            inside[j][ks] = True
+            inside[j] = ks
         off = 0
         # outermost first: each device is solved against the devices around it as they now are
         # and the devices inside it as they were (one Gauss-Seidel sweep over the stack per step)
@@ -850,22 +908,23 @@ class DeviceStack:
             sl = slice(off, off + N)
             off += N
             R = q.radius_mm[sl]
-            kb, alpha, _ = rod.rest_binormals()
-            rest = rod.rest_lengths()
             if self.solver == "primal":
+                alpha, mag, _ = rod._profiles()
                 links = self._link_rows(k, pairs)
-                fn_prev = self._friction_state(k)
-                force = _contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k], kb, alpha,
-                                       rest, rod.mass_node, rod.stretch_compliance, self.wall_compliance_mm_n,
-                                       self.iterations, self.dt, self.max_step_mm, rod.spec.friction, *links,
-                                       fn_prev, self.friction_stiffness)
-                self._fn_prev[k] = force.copy()
+                # the rest shape, the solve, the friction state and the wall force in one call;
+                # a node inside another device touches that device, not the vessel: the wall
+                # force there belongs to the outer device's node
+                force = _rod_contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k],
+                                           rod.access_dir, rod._u0(), rod.theta, mag, alpha, rod.h,
+                                           max(rod.inserted_mm - rod.sigma[-1], 1e-3), rod.mass_node,
+                                           rod.stretch_compliance, self.wall_compliance_mm_n, self.iterations, self.dt,
+                                           self.max_step_mm, rod.spec.friction, *links, self._friction_state(k),
+                                           self.friction_stiffness, inside[k])
             else:
+                kb, alpha, _ = rod.rest_binormals()
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
-                                                 kb, alpha, rest)
-            # a node inside another device touches that device, not the vessel: the wall
-            # force there belongs to the outer device's node
-            force[inside[k]] = 0.0
+                                                 kb, alpha, rod.rest_lengths())
+                force[inside[k]] = 0.0
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = R
@@ -927,26 +986,20 @@ class DeviceStack:
             lg.append(np.full(len(ks), play))
         if not li:
             return
-        e = np.zeros(0, np.int64)
-        z = np.zeros(0)
-        lam_b = np.zeros((0, 3))
-        lam_c = np.zeros(0)
-        solve_links(allx, allx.copy(), w, e, e, z, e, e, e, np.zeros((0, 3)), z, e, np.zeros((0, 3)), z, z,
+        e = _NO_NODES
+        z = _NO_VALUES
+        z3 = _NO_VECTORS
+        solve_links(allx, allx.copy(), w, e, e, z, e, e, e, z3, z, e, z3, z, z,
                     np.concatenate(li), np.concatenate(lo1), np.concatenate(lo2), np.concatenate(lb),
-                    np.concatenate(lg), 4, self.dt, lam_b, lam_c)
+                    np.concatenate(lg), 4, self.dt, z3, z)
         for j, rod in enumerate(self.rods):
             rod.x[:] = allx[offs[j]:offs[j + 1]]
 
     def _torsion(self, k: int) -> None:
         rod = self.rods[k]
         alpha, mag, gj = rod._profiles()
-        # coupling torque from the shaped tip: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α; its
-        # Gauss-Newton stiffness |d κb_rest / dθ|² / α = mag² / α (N·mm/rad); the Coulomb limit
-        tau, k_bend, tau_max = _torsion_terms(rod.x, rod.access_dir, rod._u0(), rod.theta, mag, alpha,
-                                              self.wall_force[k], rod.spec.friction, rod.spec.outer_radius_mm)
-        theta0 = rod.theta.copy()
-        rod.theta[-2:] = rod.hub_angle
-        _torsion_kernel(rod.theta, theta0, gj, tau, k_bend, tau_max, 20)
+        _rod_torsion(rod.theta, rod.hub_angle, rod.x, rod.access_dir, rod._u0(), mag, alpha, gj, self.wall_force[k],
+                     rod.spec.friction, rod.spec.outer_radius_mm)
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
@@ -957,11 +1010,10 @@ class DeviceStack:
                     raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
         q = self.tree.query(allx)
         self._query_cache = (allx, q)  # the next step starts where this one ended
-        sd = q.signed_distance_mm.copy()
         ends = np.cumsum([len(r.x) for r in self.rods])
-        sd[ends - 1] = sd[ends - 2] = -np.inf  # the kinematic nodes at the sheath
-        if np.any(sd > 5.0):
-            raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {sd.max():.1f} mm outside every vessel")
+        worst = _farthest_outside(q.signed_distance_mm, ends)  # the kinematic nodes at the sheath left out
+        if worst > 5.0:
+            raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {worst:.1f} mm outside every vessel")
 
     def _limit_hub_force(self) -> None:
         """A hand cannot push harder than HUB_FORCE_MAX_N: beyond it the device slips in the fingers.
@@ -987,13 +1039,13 @@ class DeviceStack:
         """Buckling (the hub goes in, the tip does not) and looping (the device turns back on itself)."""
         for k, rod in enumerate(self.rods):
             hist = self._push_history[k]
-            hist.append((self.time_s, self._commanded.get(rod.name, 0.0), rod.x[0].copy()))
+            hist.append((self.time_s, self._commanded.get(rod.name, 0.0), tuple(rod.x[0])))
             while hist and self.time_s - hist[0][0] > 0.5:
-                hist.pop(0)
+                hist.popleft()
             buckled = False
             if len(hist) > 10:
                 pushed = hist[-1][1] - hist[0][1]
-                tip_moved = float(np.linalg.norm(hist[-1][2] - hist[0][2]))
+                tip_moved = math.dist(hist[-1][2], hist[0][2])
                 buckled = pushed > 5.0 and tip_moved < 0.2 * pushed
             # looping: the total turning of the inserted device exceeds 360 degrees between two
             # points less than 3 device diameters apart
