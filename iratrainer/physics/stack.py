@@ -263,6 +263,47 @@ def _rod_torsion(theta, hub_angle, x, t0, u0, mag, alpha, gj, wall_force, mu, ra
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _coaxial_solve(xs, ws, ks_t, o1_t, o2_t, beta_t, js, plays, dt):  # pragma: no cover - numba
+    """The coaxial links of the whole stack solved together, in place on the devices' nodes
+    ``xs`` (inverse masses ``ws``): pair ``p`` holds the nodes ``ks_t[p]`` of device
+    ``js[p]`` on the edges ``o1_t[p]``-``o2_t[p]`` (at ``beta_t[p]``) of device ``js[p] - 1``,
+    within ``plays[p]`` mm of its axis (4 XPBD iterations of :func:`iratrainer.physics.solver.solve`)."""
+    n_dev = len(xs)
+    offs = np.zeros(n_dev + 1, np.int64)
+    for d in range(n_dev):
+        offs[d + 1] = offs[d] + xs[d].shape[0]
+    allx = np.empty((offs[n_dev], 3))
+    w = np.empty(offs[n_dev])
+    for d in range(n_dev):
+        allx[offs[d]:offs[d + 1]] = xs[d]
+        w[offs[d]:offs[d + 1]] = ws[d]
+    m = 0
+    for p in range(len(ks_t)):
+        m += ks_t[p].shape[0]
+    li = np.empty(m, np.int64)
+    lo1 = np.empty(m, np.int64)
+    lo2 = np.empty(m, np.int64)
+    lb = np.empty(m)
+    lg = np.empty(m)
+    r = 0
+    for p in range(len(ks_t)):
+        j = js[p]
+        for q in range(ks_t[p].shape[0]):
+            li[r] = offs[j] + ks_t[p][q]
+            lo1[r] = offs[j - 1] + o1_t[p][q]
+            lo2[r] = offs[j - 1] + o2_t[p][q]
+            lb[r] = beta_t[p][q]
+            lg[r] = plays[p]
+            r += 1
+    e = np.zeros(0, np.int64)
+    z = np.zeros(0)
+    z3 = np.zeros((0, 3))
+    solve_links(allx, allx.copy(), w, e, e, z, e, e, e, z3, z, e, z3, z, z, li, lo1, lo2, lb, lg, 4, dt, z3, z)
+    for d in range(n_dev):
+        xs[d][:] = allx[offs[d]:offs[d + 1]]
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _farthest_outside(sd, ends):  # pragma: no cover - numba
     """Largest signed distance (mm) over the nodes of all devices, the two kinematic nodes at
     the sheath of each device (the two before each of ``ends``) left out."""
@@ -972,28 +1013,12 @@ class DeviceStack:
         return force
 
     def _coaxial(self, pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]) -> None:
-        if len(self.rods) < 2:
+        if len(self.rods) < 2 or not pairs:
             return
-        offs = np.cumsum([0] + [len(r.x) for r in self.rods])
-        allx = np.vstack([r.x for r in self.rods])
-        w = np.concatenate([r.inverse_masses() for r in self.rods])
-        li, lo1, lo2, lb, lg = [], [], [], [], []
-        for j, ks, o1, o2, beta, play in pairs:
-            li.append(offs[j] + ks)
-            lo1.append(offs[j - 1] + o1)
-            lo2.append(offs[j - 1] + o2)
-            lb.append(beta)
-            lg.append(np.full(len(ks), play))
-        if not li:
-            return
-        e = _NO_NODES
-        z = _NO_VALUES
-        z3 = _NO_VECTORS
-        solve_links(allx, allx.copy(), w, e, e, z, e, e, e, z3, z, e, z3, z, z,
-                    np.concatenate(li), np.concatenate(lo1), np.concatenate(lo2), np.concatenate(lb),
-                    np.concatenate(lg), 4, self.dt, z3, z)
-        for j, rod in enumerate(self.rods):
-            rod.x[:] = allx[offs[j]:offs[j + 1]]
+        _coaxial_solve(tuple(r.x for r in self.rods), tuple(r.inverse_masses() for r in self.rods),
+                       tuple(p[1] for p in pairs), tuple(p[2] for p in pairs), tuple(p[3] for p in pairs),
+                       tuple(p[4] for p in pairs), np.array([p[0] for p in pairs], np.int64),
+                       np.array([p[5] for p in pairs]), self.dt)
 
     def _torsion(self, k: int) -> None:
         rod = self.rods[k]
