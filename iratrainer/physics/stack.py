@@ -906,7 +906,11 @@ class DeviceStack:
         it (each inner node, held by the outer edge it sits in)."""
         sides = []
         for want in (k, k + 1):  # k as the inner device (its pair with k-1), then as the outer one
-            hit = next((p for p in pairs if p[0] == want), None)
+            hit = None
+            for p in pairs:
+                if p[0] == want:
+                    hit = p
+                    break
             if hit is None:
                 sides.append(_NO_SIDE)
             else:
