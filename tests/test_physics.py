@@ -122,6 +122,60 @@ def test_short_seeded_fuzz():
     assert row["passed"], row
 
 
+def _block_pentadiagonal_spd(n_nodes: int, seed: int) -> np.ndarray:
+    """A random SPD matrix whose 3×3 node blocks couple nodes at most two apart (a chain's)."""
+    rng = np.random.default_rng(seed)
+    n = 3 * n_nodes
+    m = np.zeros((n, n))
+    for i in range(n_nodes):
+        for j in range(max(0, i - 2), i + 1):
+            m[3 * i:3 * i + 3, 3 * j:3 * j + 3] = rng.normal(size=(3, 3)) * (3.0 if i == j else 1.0)
+    # M Mᵀ couples nodes up to four apart: keep the pentadiagonal blocks, made dominant
+    a = m @ m.T
+    for i in range(n_nodes):
+        for j in range(n_nodes):
+            if abs(i - j) > 2:
+                a[3 * i:3 * i + 3, 3 * j:3 * j + 3] = 0.0
+    return a + np.eye(n) * (np.abs(a).sum(axis=1).max() + 1.0)
+
+
+def _band(a: np.ndarray, bw: int) -> np.ndarray:
+    n = len(a)
+    out = np.zeros((n, 2 * bw + 1))
+    for i in range(n):
+        for j in range(max(0, i - bw), min(n, i + bw + 1)):
+            out[i, j - i + bw] = a[i, j]
+    return out
+
+
+@pytest.mark.parametrize("n_nodes", [1, 2, 3, 40])
+def test_the_chain_factorisations_solve_the_linear_system(n_nodes):
+    """The block Cholesky of the primal solve and the scalar band Cholesky both solve A y = b
+    as a dense solver does, for a chain's block-pentadiagonal SPD matrix."""
+    from iratrainer.physics.chain import _cholesky_band_solve
+    from iratrainer.physics.primal import PRIMAL_HALF_BAND, _block_cholesky_solve
+
+    a = _block_pentadiagonal_spd(n_nodes, seed=n_nodes)
+    n = len(a)
+    b = np.random.default_rng(7).normal(size=n)
+    ref = np.linalg.solve(a, b)
+    bw = PRIMAL_HALF_BAND
+    band = _band(a, bw)
+    y_band = b.copy()
+    _cholesky_band_solve(band, y_band, n, bw, np.zeros_like(band))
+    y_block = b.copy()
+    _block_cholesky_solve(band, y_block, n_nodes, bw, np.zeros((n_nodes, 3, 3)), np.zeros((n_nodes, 3, 3)),
+                          np.zeros((n_nodes, 3, 3)), np.zeros((n_nodes, 3)))
+    scale = np.abs(ref).max()
+    assert np.abs(y_band - ref).max() < 1e-12 * scale
+    assert np.abs(y_block - ref).max() < 1e-12 * scale
+    # the wider band of the dual form too
+    y14 = b.copy()
+    band14 = _band(a, 14)
+    _cholesky_band_solve(band14, y14, n, 14, np.zeros_like(band14))
+    assert np.abs(y14 - ref).max() < 1e-12 * scale
+
+
 @pytest.mark.slow
 def test_long_seeded_fuzz():
     row = next(check_fuzz(seconds=120.0, seed=2))
