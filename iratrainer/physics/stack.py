@@ -550,10 +550,8 @@ def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, pl
     return i1, i2, w1, w2, t, tan, gap
 
 
-#: no node index, no value, no vector (shared empty arguments, never written)
+#: no node index (a shared empty argument, never written)
 _NO_NODES = np.zeros(0, np.int64)
-_NO_VALUES = np.zeros(0)
-_NO_VECTORS = np.zeros((0, 3))
 #: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
 _NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
