@@ -320,7 +320,7 @@ def _farthest_outside(sd, ends):  # pragma: no cover - numba
 
 @nb.njit(cache=True, error_model="numpy")
 def _total_turn(x):  # pragma: no cover - numba
-    """Sum of the turning angles (rad) between successive edges of the free part ``x``."""
+    """Sum of the turning angles (rad) between successive edges of the chain ``x``."""
     N = x.shape[0]
     total = 0.0
     p0 = p1 = p2 = 0.0
@@ -692,7 +692,9 @@ class Rod:
         """Bending compliance h/EI (N,), rest turning 2 tan(φ/2) (N,) and GJ/h per edge (N-1,).
 
         The material nodes' values depend only on their σ, which changes only when a node is
-        added or removed: they are cached; the two nodes at the sheath follow the hub.
+        added or removed: they are cached; the two nodes at the sheath follow the hub. The
+        arrays are reused: their sheath entries are rewritten in place when the inserted
+        length changes, so a caller that keeps them past a step must copy them.
         """
         K = self.n_material
         key = (K, self.inserted_mm)
