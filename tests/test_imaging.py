@@ -541,6 +541,40 @@ def test_detector_blur_is_scipys_gaussian_and_noise_is_poisson_at_low_counts():
     assert np.all(np.abs(freq - pmf) <= 4.5 * sd + 1e-6)
 
 
+def test_detector_exp_and_log_are_the_c_librarys_to_two_ulp():
+    """The detector's own vectorisable exp and ln against the C library (math.exp, math.log)."""
+    import math
+
+    import numba
+
+    from iratrainer.imaging.detector import exp_range, log_range
+
+    @numba.njit
+    def both(x, y):
+        e = np.empty_like(x)
+        lg = np.empty_like(y)
+        exp_range(x, e, np.empty(len(x), np.int64))
+        log_range(y, lg, np.empty(len(y), np.int64))
+        return e, lg
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([np.linspace(-708.0, 709.0, 200_001), rng.uniform(-30.0, 0.0, 100_000),
+                        [0.0, -1e-300, 1e-17, -0.5 * math.log(2.0), 0.5 * math.log(2.0)]])
+    y = np.concatenate([np.exp(np.linspace(-700.0, 700.0, 200_001)), rng.uniform(1e-4, 1e4, 100_000),
+                        1.0 + np.linspace(-1e-6, 1e-6, 2_001), [1.0, 0.5, 2.0, math.sqrt(2.0), 1e-300]])
+    e, lg = both(x, y)
+    want_e = np.array([math.exp(v) for v in x])
+    want_l = np.array([math.log(v) for v in y])
+    ulp_e = np.abs(e - want_e) / np.spacing(want_e)
+    assert ulp_e.max() <= 2.0
+    err_l = np.abs(lg - want_l)
+    assert np.all(err_l <= 2.0 * np.spacing(np.abs(want_l)) + 1e-22)
+    assert lg[-5] == 0.0 and e[len(x) - 5] == 1.0
+    # below e^-708 the argument is clamped (no denormal scale): ≤ 3.3e-308, never negative or NaN
+    lo, _ = both(np.array([-710.0, -1e4]), np.ones(1))
+    assert np.all((lo > 0.0) & (lo < 3.4e-308))
+
+
 def test_detector_noise_does_not_depend_on_the_thread_count():
     import numba
 

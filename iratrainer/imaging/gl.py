@@ -515,8 +515,7 @@ class GlRenderer(CpuRenderer):
         GL.glBindVertexArray(self._vao)
         GL.glDrawArrays(GL.GL_TRIANGLE_STRIP, 0, 4)
         if read:
-            buf = GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT)
-            return np.frombuffer(buf, dtype=np.float32).reshape(n, n)
+            return self._read_bound(n)
         return GlImage(target, n)
 
     def _draw(self, prog: int, plane: CArmPlane, textures: list[tuple[str, int, bool]],
@@ -563,9 +562,25 @@ class GlRenderer(CpuRenderer):
                 GL.glDeleteTextures([tex])
         if slot is not None:
             return GlImage(target, n)
-        buf = GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT)
-        # float32 as drawn (the detector widens it exactly as it sums the parts)
-        return np.frombuffer(buf, dtype=np.float32).reshape(n, n)  # gl_FragCoord.y = row: image order
+        return self._read_bound(n)
+
+    def _read_bound(self, n: int) -> np.ndarray:
+        """The bound n x n float target, read back (float32 as drawn: the detector widens it
+        exactly as it sums the parts; gl_FragCoord.y = row, so image order)."""
+        GL = self.ctx.GL
+        out = np.empty((n, n), np.float32)  # (PyOpenGL would zero a new array first)
+        GL.glPixelStorei(GL.GL_PACK_ALIGNMENT, 1)
+        GL.glReadPixels(0, 0, n, n, GL.GL_RED, GL.GL_FLOAT, out)
+        return out
+
+    def read(self, image: GlImage | np.ndarray) -> np.ndarray:
+        """A drawn part read back to the CPU (an array as it is)."""
+        if not isinstance(image, GlImage):
+            return image
+        GL = self.ctx.GL
+        GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
+        GL.glFramebufferTexture2D(GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_TEXTURE_2D, image.tex, 0)
+        return self._read_bound(image.n)
 
     # ------------------------------------------------------------------ components
     def background(self, scene: Scene, plane: CArmPlane, e_kev: float) -> np.ndarray:
@@ -718,20 +733,19 @@ class GlRenderer(CpuRenderer):
         t = scene.tree
         c = scene.iodine_mg_ml
         keep = c > 0
-        out = blob_integrals(scene, plane, e_kev)
+        blobs = bool(np.any(scene.blob_iodine_mg_ml > 0))
         if not np.any(keep):
-            return out
+            return blob_integrals(scene, plane, e_kev)
         mu_i = linear_attenuation_per_mm("iodine", e_kev, 1e-3)
         vc = self.vessel_chords(scene, plane)
-        blobs = bool(np.any(scene.blob_iodine_mg_ml > 0))
-        slot = None if blobs else slot
+        slot = None if blobs else slot  # the CPU adds the blobs: read back
         if vc is not None:
-            patches = self._patches(vc, plane, mu_i * np.maximum(c, 0.0), slot)
-            return out + patches if blobs else patches
-        mu = mu_i * c[keep]
-        r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
-        vessels = self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, slot)
-        return out + vessels if blobs else vessels
+            vessels = self._patches(vc, plane, mu_i * np.maximum(c, 0.0), slot)
+        else:
+            mu = mu_i * c[keep]
+            r = 0.5 * (t.seg_ra + t.seg_rb)[keep]
+            vessels = self._capsules(plane, t.seg_a[keep], t.seg_b[keep], r, mu, slot)
+        return blob_integrals(scene, plane, e_kev) + vessels if blobs else vessels
 
     def devices(self, scene: Scene, plane: CArmPlane, e_kev: float, slot: str | None = None) -> Any:
         """Devices as summed flat-ended cylinders with k x k rays for thin tubes, in GLSL
@@ -742,15 +756,31 @@ class GlRenderer(CpuRenderer):
         a, b, r, mu = (np.concatenate([p[i] for p in parts]) for i in range(4))
         pa, za = plane.project(a)
         pb, zb = plane.project(b)
+        # only the cylinders whose quad (the projected axis widened by the reach, as the
+        # vertex shader places it) meets the image: most of a stack lies below a head view
+        n = plane.matrix
+        reach = r * plane.sid_mm / np.maximum(np.minimum(za, zb) - r, 1.0) / plane.pixel_mm + 1.5
+        lo, hi = np.minimum(pa, pb) - reach[:, None], np.maximum(pa, pb) + reach[:, None]
+        seen = np.all((hi > 0.0) & (lo < n), axis=1)
+        if not np.any(seen):
+            return np.zeros((n, n))
+        if not np.all(seen):
+            a, b, r, mu, pa, za, pb, zb = (x[seen] for x in (a, b, r, mu, pa, za, pb, zb))
         r_px = r * plane.sid_mm / np.maximum(za, 1.0) / plane.pixel_mm
         ks = np.where(r_px >= 3.0, 1, np.where(r_px >= 1.5, 2, self.device_supersample)).astype(float)
         t_seg = self._segment_texture(plane, a, b, r, mu, ks, (pa, za, pb, zb))
         return self._draw(self._prog_dev, plane, [("seg", t_seg, True)], {}, instances=len(a), slot=slot)
 
     def line_integrals(self, scene: Scene, plane: CArmPlane, e_kev: float) -> LineIntegrals:
-        """All three components, computed on the GPU (or Mesa's software rasterizer)."""
-        return LineIntegrals(self.background(scene, plane, e_kev), self.iodine(scene, plane, e_kev),
-                             self.devices(scene, plane, e_kev))
+        """All three components, computed on the GPU (or Mesa's software rasterizer).
+
+        Both drawn parts are queued before either is read back, so the devices are drawn
+        while the iodine is copied out.
+        """
+        bg = self.background(scene, plane, e_kev)
+        iodine = self.iodine(scene, plane, e_kev, slot="iod")
+        devices = self.devices(scene, plane, e_kev, slot="dev")
+        return LineIntegrals(bg, self.read(iodine), self.read(devices))
 
     def expose(self, scene: Scene, plane: CArmPlane, technique: Technique, options: ImageOptions,
                rng: np.random.Generator | None) -> np.ndarray:
