@@ -170,6 +170,11 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
         yield {"name": "render.gl_unavailable", "value": 0, "unit": "", "workload": str(exc), "repeats": 0}
         return
     where = f"{gl.ctx.renderer}, OpenGL {gl.ctx.version}"
+    placed = ("background, devices and " + ("iodine" if gl.gl_iodine else "a new view's iodine") + " in GLSL"
+              + ("" if gl.gl_iodine else "; a still view's iodine re-weighted on the CPU (faster on a software "
+                                         "rasterizer, the same sum)")
+              + ("; noise, blur and log in GLSL" if gl.gl_detector else
+                 "; noise, blur and log on the CPU (compiled, every core)"))
     for size in (512, 1024):
         chain = PlaneChain(lateral(matrix=size), DoseMeter(), np.random.default_rng(0), renderer=gl)
         fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
@@ -177,28 +182,32 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
             "name": f"render.gl_{size}_fps",
             "value": round(fps, 2),
             "unit": "frames/s",
-            "workload": (f"as render.numpy_{size}_fps, line integrals in GLSL on {where}; "
-                         + ("noise, blur and log in GLSL" if gl.gl_detector else
-                            "noise, blur and log on the CPU (compiled, every core)")),
+            "workload": f"as render.numpy_{size}_fps on {where}: {placed} (the renderer's automatic choice)",
             "repeats": repeats,
         }
-    # the detector in GLSL as well (what a GPU runs): on a software rasterizer slower than the CPU's
-    auto = gl.gl_detector
-    gl.gl_detector = True
-    try:
-        chain = PlaneChain(lateral(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)
-        fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
-    finally:
-        gl.gl_detector = auto
-    yield {
-        "name": "render.gl_1024_gl_detector_fps",
-        "value": round(fps, 2),
-        "unit": "frames/s",
-        "workload": (f"as render.gl_1024_fps with noise, blur and log in GLSL too (three full-frame passes, "
-                     f"only the log image read back) on {where}; the renderer uses them by itself "
-                     f"{'here' if auto else 'on a GPU, not on a software rasterizer'}"),
-        "repeats": repeats,
-    }
+    # the parts the renderer leaves on the CPU on a software rasterizer, drawn in GLSL instead
+    # (what a GPU runs): on llvmpipe slower, so reported for comparison
+    auto = (gl.gl_iodine, gl.gl_detector)
+    for name, iodine, detector, what in (
+            ("render.gl_1024_gl_iodine_fps", True, False,
+             "a still view's iodine drawn too (its chords as 8,900 patches), the detector on the CPU"),
+            ("render.gl_1024_all_glsl_fps", True, True,
+             "every part in GLSL: the iodine drawn, noise, blur and log in three full-frame passes, "
+             "only the log image read back")):
+        gl.gl_iodine, gl.gl_detector = iodine, detector
+        try:
+            chain = PlaneChain(lateral(matrix=1024), DoseMeter(), np.random.default_rng(0), renderer=gl)
+            fps = median_rate(lambda c=chain: c.fluoro_pulse(scene), 1.0, repeats, min_time_s=0.2)
+        finally:
+            gl.gl_iodine, gl.gl_detector = auto
+        yield {
+            "name": name,
+            "value": round(fps, 2),
+            "unit": "frames/s",
+            "workload": (f"as render.gl_1024_fps with {what}, on {where}; the renderer does this by itself "
+                         f"{'here' if auto == (iodine, detector) else 'on a GPU, not on a software rasterizer'}"),
+            "repeats": repeats,
+        }
     fps = rotating_rate(gl)
     yield {"name": "render.gl_1024_moving_fps", "value": round(fps, 2), "unit": "frames/s",
            "workload": (f"as render.numpy_1024_moving_fps (the C-arm rotating, every pulse a new view: the "
@@ -211,7 +220,7 @@ def bench_render(repeats: int = 7) -> Iterator[dict[str, Any]]:
         "name": "render.gl_biplane_1024_fps",
         "value": round(fps, 2),
         "unit": "frames/s (both planes)",
-        "workload": f"one frontal and one lateral 1024x1024 pulse per frame, {where}",
+        "workload": f"one frontal and one lateral 1024x1024 pulse per frame, {where}: {placed}",
         "repeats": repeats,
     }
 

@@ -351,7 +351,7 @@ def gl_renderer():
     from iratrainer.imaging.gl import GlRenderer, GlUnavailable
 
     try:
-        return GlRenderer()
+        return GlRenderer(iodine="gl")  # every part drawn, also a still view's iodine
     except GlUnavailable as exc:  # pragma: no cover - CI installs Mesa
         pytest.skip(f"no OpenGL: {exc}")
 
@@ -384,6 +384,36 @@ def test_gl_and_numpy_renderers_agree(gl_renderer, mode, make_plane):
     assert np.abs(out["gl"] - out["numpy"]).mean() / rng_ < 0.02
     # and in fact they agree to float32 precision
     assert np.abs(out["gl"] - out["numpy"]).mean() < 1e-3
+
+
+def test_gl_renderer_auto_parts_on_a_software_rasterizer():
+    """``auto`` keeps the detector and a still view's iodine on the CPU on llvmpipe (faster
+    there), draws them on a GPU; either way the line integrals are the same equations."""
+    from iratrainer.anatomy.atlas import build_atlas
+    from iratrainer.imaging.gl import GlRenderer, GlUnavailable
+    from iratrainer.imaging.scene import contrast_downstream, static_stack
+
+    try:
+        auto = GlRenderer()
+    except GlUnavailable as exc:  # pragma: no cover - CI installs Mesa
+        pytest.skip(f"no OpenGL: {exc}")
+    assert auto.gl_iodine is (not auto.software) and auto.gl_detector is (not auto.software)
+    with pytest.raises(ValueError, match="unknown iodine"):
+        GlRenderer(iodine="fast")
+    tree = build_atlas()
+    scene = Scene(tree, contrast_downstream(tree, "L_CCA"), static_stack(tree))
+    plane = frontal(matrix=128)
+    cpu = CpuRenderer()
+    drawn = GlRenderer(iodine="gl")
+    for r in (cpu, auto, drawn):
+        r.iodine(scene, plane, 50.0)  # a new view: rays cast directly; then the view's chords
+    want = cpu.line_integrals(scene, plane, 50.0)
+    for r in (auto, drawn):
+        got = r.line_integrals(scene, plane, 50.0)
+        assert np.abs(got.iodine - want.iodine).max() < 1e-5 * want.iodine.max()
+        assert np.abs(got.devices - want.devices).max() < 1e-3 * want.devices.max()
+    if auto.software:  # the CPU's own sum, to the bit
+        assert np.array_equal(auto.line_integrals(scene, plane, 50.0).iodine, want.iodine)
 
 
 def test_gl_device_quads_match_the_cpu_devices(gl_renderer):

@@ -243,9 +243,12 @@ def _poisson_small(lam, h):  # pragma: no cover - numba
     k = 0
     while u2 > f and k < 40:
         k += 1
-        p *= r / k
+        p *= r * _INV_INT[k]
         f += p
     return float(lo + k)
+
+
+_INV_INT = tuple(1.0 / t if t else 0.0 for t in range(41))
 
 
 @nb.njit(cache=True, inline="always")
@@ -283,7 +286,7 @@ def _quanta_range(row, seed, base, hs, zs, ps, fix):  # pragma: no cover - numba
         extra = 0
         for t in range(1, 9):  # P(Poisson(r) ≥ 8) < r^8/8! < 2e-14 for r < 1/8
             extra += 1 if u2 > f else 0
-            p *= r / t
+            p *= r * _INV_INT[t]  # (a product, not r / t: eight divisions cost more than the rest)
             f += p
         ps[j] = float(k + extra)
         fix[j] = more if small else _in_tail(u1)

@@ -16,9 +16,16 @@ atlas texture, drawn as a point sprite over its pixel box and scaled by the set'
 μ of the frame. Device cylinders and phantom ellipsoids are summed, so each is drawn as its own
 instanced quad (a cylinder's projected axis widened by the same margin as the bounding
 boxes; an ellipsoid's pixel box, as in the CPU kernel) and the fragments add up by
-blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur, log)
-is shared with the CPU path. :func:`make_gl_renderer` falls back to the CPU renderer,
-with a warning that says why, when no GL context can be created.
+blending: only covered pixels are shaded, with no list to walk. Image formation (noise, blur,
+log) is in GLSL too (:mod:`iratrainer.imaging.gl_detector`) on a GPU.
+
+On a software rasterizer (Mesa's llvmpipe), every primitive costs about a microsecond
+and every fragment a few nanoseconds on the same cores as the rest, so two parts run
+faster as this package's compiled CPU kernels and are left there by default: the
+detector, and a still view's chord re-weighting (``detector=`` and ``iodine=`` choose;
+the tests run the GLSL versions against the NumPy reference). :func:`make_gl_renderer`
+falls back to the CPU renderer, with a warning that says why, when no GL context can be
+created.
 """
 
 from __future__ import annotations
@@ -386,6 +393,7 @@ class _Context:
         if not EGL.eglMakeCurrent(dpy, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, ctx):
             raise GlUnavailable("eglMakeCurrent failed (surfaceless contexts unsupported)")
         self.dpy, self.ctx = dpy, ctx
+        self._egl_ctx = ctypes.cast(ctx, ctypes.c_void_p).value
         from OpenGL import GL
 
         self.GL = GL
@@ -393,21 +401,36 @@ class _Context:
         self.renderer = GL.glGetString(GL.GL_RENDERER).decode()
 
 
+    def make_current(self) -> None:
+        """Make this context the thread's current one (another renderer may have taken it)."""
+        EGL = self.EGL
+        if ctypes.cast(EGL.eglGetCurrentContext(), ctypes.c_void_p).value != self._egl_ctx:
+            if not EGL.eglMakeCurrent(self.dpy, EGL.EGL_NO_SURFACE, EGL.EGL_NO_SURFACE, self.ctx):
+                raise GlUnavailable("eglMakeCurrent failed")
+
+
 class GlRenderer(CpuRenderer):
     """Line integrals with OpenGL (same interface and equations as :class:`CpuRenderer`)."""
 
     name = "gl"
 
-    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 4, detector: str = "auto") -> None:
+    def __init__(self, vessel_supersample: int = 1, device_supersample: int = 4, detector: str = "auto",
+                 iodine: str = "auto") -> None:
         super().__init__(vessel_supersample, device_supersample)
-        if detector not in ("auto", "gl", "cpu"):
-            raise ValueError(f"unknown detector {detector!r} (auto, gl or cpu)")
+        for what, v in (("detector", detector), ("iodine", iodine)):
+            if v not in ("auto", "gl", "cpu"):
+                raise ValueError(f"unknown {what} {v!r} (auto, gl or cpu)")
         self.ctx = _Context()
-        # The detector (noise, blur, log) in GLSL on a GPU; on a software rasterizer its three
-        # full-frame passes cost about twice the compiled CPU detector (measured, llvmpipe on
-        # 2 cores: 38 ms against 17 ms for 1024 x 1024), so "auto" keeps the CPU one there.
+        # On a software rasterizer (Mesa's llvmpipe: the shaders compiled for this CPU) two
+        # parts run faster as the compiled CPU kernels, so "auto" keeps them there, with the
+        # same equations: the detector (noise, blur, log), whose three full-frame passes cost
+        # about twice the CPU's (1024 x 1024 on 2 cores: 38 ms against 17 ms, then 8 ms), and a
+        # still view's iodine, the sum of the chords re-weighted (9 ms for 8,900 patches drawn,
+        # each a primitive, against 5 ms). On a GPU both are drawn.
         software = any(k in self.ctx.renderer.lower() for k in ("llvmpipe", "softpipe", "swrast", "software"))
+        self.software = software
         self.gl_detector = detector == "gl" or (detector == "auto" and not software)
+        self.gl_iodine = iodine == "gl" or (iodine == "auto" and not software)
         GL = self.ctx.GL
         self._vao = GL.glGenVertexArrays(1)
         self._prog_ell = self._program(_ELLIPSOIDS, _VERT_ELLIPSOID)
@@ -427,6 +450,7 @@ class GlRenderer(CpuRenderer):
     # ------------------------------------------------------------------ GL plumbing
     def _program(self, frag: str, vert: str = _VERT) -> int:
         GL = self.ctx.GL
+        self.ctx.make_current()
         from OpenGL.GL import shaders
 
         return int(shaders.compileProgram(shaders.compileShader(vert, GL.GL_VERTEX_SHADER),
@@ -435,6 +459,7 @@ class GlRenderer(CpuRenderer):
 
     def _texture(self, data: np.ndarray, internal: int, fmt: int, typ: int) -> int:
         GL = self.ctx.GL
+        self.ctx.make_current()
         tex = GL.glGenTextures(1)
         GL.glBindTexture(GL.GL_TEXTURE_2D, tex)
         GL.glTexParameteri(GL.GL_TEXTURE_2D, GL.GL_TEXTURE_MIN_FILTER, GL.GL_NEAREST)
@@ -465,6 +490,7 @@ class GlRenderer(CpuRenderer):
         gain, mask) uploaded once and kept while it lives (the 16 latest); any other image
         uploaded into the slot's texture."""
         GL = self.ctx.GL
+        self.ctx.make_current()
         if isinstance(part, GlImage):
             if part.n != n:
                 raise ValueError(f"a {part.n}x{part.n} part in a {n}x{n} image")
@@ -494,6 +520,7 @@ class GlRenderer(CpuRenderer):
               read: bool = False) -> GlImage | np.ndarray:
         """One full-frame pass of an image program into the slot's texture (no geometry)."""
         GL = self.ctx.GL
+        self.ctx.make_current()
         target = self._slot(n, slot)
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
         GL.glFramebufferTexture2D(GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_TEXTURE_2D, target, 0)
@@ -526,6 +553,7 @@ class GlRenderer(CpuRenderer):
         additive blending. With a ``slot``, drawn into that slot's texture and not read back
         (a :class:`GlImage`)."""
         GL = self.ctx.GL
+        self.ctx.make_current()
         n = plane.matrix
         target = self._target(n) if slot is None else self._slot(n, slot)
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
@@ -578,6 +606,7 @@ class GlRenderer(CpuRenderer):
         if not isinstance(image, GlImage):
             return image
         GL = self.ctx.GL
+        self.ctx.make_current()
         GL.glBindFramebuffer(GL.GL_FRAMEBUFFER, self._fbo)
         GL.glFramebufferTexture2D(GL.GL_FRAMEBUFFER, GL.GL_COLOR_ATTACHMENT0, GL.GL_TEXTURE_2D, image.tex, 0)
         return self._read_bound(image.n)
@@ -739,7 +768,9 @@ class GlRenderer(CpuRenderer):
         mu_i = linear_attenuation_per_mm("iodine", e_kev, 1e-3)
         vc = self.vessel_chords(scene, plane)
         slot = None if blobs else slot  # the CPU adds the blobs: read back
-        if vc is not None:
+        if vc is not None and not self.gl_iodine:  # a still view on a software rasterizer: the CPU's sum
+            vessels = vc.integrals(mu_i * np.maximum(c, 0.0))
+        elif vc is not None:
             vessels = self._patches(vc, plane, mu_i * np.maximum(c, 0.0), slot)
         else:
             mu = mu_i * c[keep]
@@ -774,13 +805,14 @@ class GlRenderer(CpuRenderer):
     def line_integrals(self, scene: Scene, plane: CArmPlane, e_kev: float) -> LineIntegrals:
         """All three components, computed on the GPU (or Mesa's software rasterizer).
 
-        Both drawn parts are queued before either is read back, so the devices are drawn
-        while the iodine is copied out.
+        The devices are queued first and read back last: the rasterizer draws them while
+        the iodine is drawn or summed on the CPU (:attr:`gl_iodine`) and copied out.
         """
         bg = self.background(scene, plane, e_kev)
-        iodine = self.iodine(scene, plane, e_kev, slot="iod")
         devices = self.devices(scene, plane, e_kev, slot="dev")
-        return LineIntegrals(bg, self.read(iodine), self.read(devices))
+        self.ctx.GL.glFlush()
+        iodine = self.read(self.iodine(scene, plane, e_kev, slot="iod"))
+        return LineIntegrals(bg, iodine, self.read(devices))
 
     def expose(self, scene: Scene, plane: CArmPlane, technique: Technique, options: ImageOptions,
                rng: np.random.Generator | None) -> np.ndarray:
