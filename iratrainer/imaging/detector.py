@@ -260,8 +260,8 @@ def _quanta_range(row, seed, base, hs, zs, ps, fix):  # pragma: no cover - numba
     The draws of :func:`_poisson_small` and :func:`normal_quantile`, reorganised so that
     almost all the work vectorises: first, for every pixel, its hash, the central normal
     draw and the Poisson draw with a fixed number of steps (two steps of the indexed search,
-    eight terms of the small remainder's series: P(more) < 2e-14), flagging the pixels that
-    need more (a normal tail, 5 % of them; a search not finished, 1 in ~4,000); then those
+    eight terms of the small remainder's series: P(more) < 2.1e-14), flagging the pixels that
+    need more (a normal tail, 5 % of them; a search not finished, about 1 in 360); then those
     pixels one by one.
     """
     c = _CDF
@@ -284,7 +284,7 @@ def _quanta_range(row, seed, base, hs, zs, ps, fix):  # pragma: no cover - numba
         p = 1.0 - r * (1.0 - r * (0.5 - r * (1.0 / 6.0 - r * (1.0 / 24.0 - r * (1.0 / 120.0 - r * (1.0 / 720.0))))))
         f = p
         extra = 0
-        for t in range(1, 9):  # P(Poisson(r) ≥ 8) < r^8/8! < 2e-14 for r < 1/8
+        for t in range(1, 9):  # counts to 8: P(Poisson(r) > 8) < r^9/9! < 2.1e-14 for r < 1/8
             extra += 1 if u2 > f else 0
             p *= r * _INV_INT[t]  # (a product, not r / t: eight divisions cost more than the rest)
             f += p
