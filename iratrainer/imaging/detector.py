@@ -25,9 +25,10 @@ The exponential and the logarithm are this module's own (:func:`exp_range`,
 :func:`log_range`): range reduction and a polynomial in plain arithmetic, within 2 units
 in the last place of the C library's, which the compiler turns into vector instructions
 (the library's scalar calls cost three times as much), and which give the same bits on
-every machine. The hash, its uniform and the central normal deviate are computed for a
-whole row in one vectorised loop; the Poisson draws below 25 quanta and the normal tails
-(5 % of the uniforms) follow in a scalar loop.
+every machine. The noise is drawn the same way (:func:`_quanta_range`): for a whole row in
+one vectorised loop (the hash, its uniform, the central normal deviate and the Poisson
+draw with a fixed number of steps), then the few pixels that need more (the normal tails,
+5 % of the uniforms; an unfinished search, about 1 in 360) one by one.
 
 The random numbers are counter based: each pixel's uniforms are a hash (SplitMix64) of
 the frame seed and the pixel index. The result does not depend on the number of threads,
@@ -129,19 +130,10 @@ def exp_range(x, out, bits):  # pragma: no cover - numba
         v = min(max(x[j], -708.0), 709.0)
         k = np.floor(v * _LOG2E + 0.5)
         r = (v - k * _LN2_HI) - k * _LN2_LO
-        p = c[13] * r + c[12]
-        p = p * r + c[11]
-        p = p * r + c[10]
-        p = p * r + c[9]
-        p = p * r + c[8]
-        p = p * r + c[7]
-        p = p * r + c[6]
-        p = p * r + c[5]
-        p = p * r + c[4]
-        p = p * r + c[3]
-        p = p * r + c[2]
-        p = p * r + 1.0
-        out[j] = p * r + 1.0
+        p = c[13]
+        for i in range(12, -1, -1):  # Horner (a fixed count: unrolled and vectorised as written out)
+            p = p * r + c[i]
+        out[j] = p
         bits[j] = (np.int64(k) + 1023) << 52  # 2^k
     scale = bits.view(np.float64)
     for j in range(x.shape[0]):
@@ -167,16 +159,9 @@ def log_range(x, out, bits):  # pragma: no cover - numba
         e = e + 1.0 if big else e
         s = (m - 1.0) / (m + 1.0)
         z = s * s
-        p = c[11] * z + c[10]
-        p = p * z + c[9]
-        p = p * z + c[8]
-        p = p * z + c[7]
-        p = p * z + c[6]
-        p = p * z + c[5]
-        p = p * z + c[4]
-        p = p * z + c[3]
-        p = p * z + c[2]
-        p = p * z + c[1]
+        p = c[11]
+        for i in range(10, 0, -1):  # Horner: 2/3 + 2/5 z + ... + 2/23 z^10
+            p = p * z + c[i]
         out[j] = e * _LN2_HI + ((2.0 * s + s * z * p) + e * _LN2_LO)
 
 

@@ -348,6 +348,12 @@ void main() {
 
 
 
+def _reach_px(plane: CArmPlane, r: np.ndarray, za: np.ndarray, zb: np.ndarray) -> np.ndarray:
+    """A capsule's projected radius (px) at its nearest end (depths ``za``, ``zb`` mm from the
+    source) plus a 1.5 px margin: as the CPU's bounding boxes."""
+    return r * plane.sid_mm / np.maximum(np.minimum(za, zb) - r, 1.0) / plane.pixel_mm + 1.5
+
+
 @dataclass(frozen=True)
 class GlImage:
     """An n x n float image left on the GPU (a texture the renderer drew into)."""
@@ -399,7 +405,6 @@ class _Context:
         self.GL = GL
         self.version = GL.glGetString(GL.GL_VERSION).decode()
         self.renderer = GL.glGetString(GL.GL_RENDERER).decode()
-
 
     def make_current(self) -> None:
         """Make this context the thread's current one (another renderer may have taken it)."""
@@ -645,12 +650,11 @@ class GlRenderer(CpuRenderer):
         the projected ends (pixels), as an S x 4 RGBA32F texture."""
         GL = self.ctx.GL
         pa, za, pb, zb = proj
-        zmin = np.maximum(np.minimum(za, zb) - r, 1.0)
         seg = np.zeros((4, len(a), 4), np.float32)
         seg[0, :, :3], seg[0, :, 3] = a, r
         seg[1, :, :3], seg[1, :, 3] = b, mu
         seg[2, :, 0] = ks
-        seg[2, :, 1] = r * plane.sid_mm / zmin / plane.pixel_mm + 1.5  # as the bounding boxes
+        seg[2, :, 1] = _reach_px(plane, r, za, zb)
         seg[3, :, :2], seg[3, :, 2:] = pa, pb
         return self._texture(seg, GL.GL_RGBA32F, GL.GL_RGBA, GL.GL_FLOAT)
 
@@ -790,7 +794,7 @@ class GlRenderer(CpuRenderer):
         # only the cylinders whose quad (the projected axis widened by the reach, as the
         # vertex shader places it) meets the image: most of a stack lies below a head view
         n = plane.matrix
-        reach = r * plane.sid_mm / np.maximum(np.minimum(za, zb) - r, 1.0) / plane.pixel_mm + 1.5
+        reach = _reach_px(plane, r, za, zb)
         lo, hi = np.minimum(pa, pb) - reach[:, None], np.maximum(pa, pb) + reach[:, None]
         seen = np.all((hi > 0.0) & (lo < n), axis=1)
         if not np.any(seen):
