@@ -26,7 +26,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS", "NO_CYLINDERS", "NO_FRICTION"]
+__all__ = ["solve_chain_primal", "PRIMAL_HALF_BAND", "NO_LINKS", "NO_CYLINDERS", "NO_FRICTION", "NO_TENSION"]
 
 PRIMAL_HALF_BAND = 8
 MAX_ITERATIONS = 8
@@ -38,6 +38,8 @@ NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(
 NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
 #: no wall friction: (mu, stick stiffness, normal force per node, anchor per node)
 NO_FRICTION = (0.0, 0.0, np.zeros(0), np.zeros((0, 3)))
+#: no lagged edge tension (Gauss-Newton without the taut edges' geometric stiffness)
+NO_TENSION = np.zeros(0)
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
@@ -212,7 +214,7 @@ def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
                        max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end,
-                       fr_mu, fr_k, fr_fn, fr_anchor):  # pragma: no cover - numba
+                       fr_mu, fr_k, fr_fn, fr_anchor, s_tension):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
     ``w``: inverse masses (0 = kinematic); ``x_pred``: inertial prediction; other arrays as in
@@ -251,6 +253,17 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     (energy ``fr_mu · fr_fn · |P (x - a)|``, its Hessian taken as ``fr_mu · fr_fn / |P (x - a)| · P``,
     positive). The static limit is then the force a node bears, not an impulse: with the
     rod's tiny node masses an impulse limit held every node in contact still.
+
+    ``s_tension`` (N - 1,) (or (0,): none): the tension of each edge at the end of the
+    previous step (N). A taut edge resists being turned, with the transverse (geometric)
+    stiffness ``T/L · (I - u uᵀ)`` of a string; Gauss-Newton drops that term. Without it a
+    wire pulled taut round a bend (held by friction at a tip, pulled at the hub) got
+    proposals of 15-30 mm sideways, the solve stopped unconverged on a stretched iterate,
+    and the penalty forces of that iterate were reported as wall forces (the spikes of a
+    hundred newtons) and fed the friction cap that held the wire. The tension is lagged by
+    a step, not that of the current iterate: an iterate stretched by the linearisation
+    itself (a nearly inextensible edge turned by a linear step grows by d²/2L) would carry a
+    spurious tension of ``ks · C`` and stiffen the edge against the very turn it needs.
     """
     N = x.shape[0]
     n = 3 * N
@@ -305,6 +318,16 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             _add_block(H, k, k, B, bw, ks)
             _add_block(H, k + 1, k + 1, B, bw, ks)
             _add_block(H, k, k + 1, B, bw, -ks)
+            if s_tension.shape[0] == N - 1 and s_tension[k] > 0.0:
+                # the taut edge's transverse (geometric) stiffness T/L·(I - u uᵀ), with the
+                # tension T the edge carried at the end of the previous step (see above)
+                gs = s_tension[k] / L
+                B[0, 0], B[0, 1], B[0, 2] = 1.0 - u0 * u0, -u0 * u1, -u0 * u2
+                B[1, 0], B[1, 1], B[1, 2] = -u1 * u0, 1.0 - u1 * u1, -u1 * u2
+                B[2, 0], B[2, 1], B[2, 2] = -u2 * u0, -u2 * u1, 1.0 - u2 * u2
+                _add_block(H, k, k, B, bw, gs)
+                _add_block(H, k + 1, k + 1, B, bw, gs)
+                _add_block(H, k, k + 1, B, bw, -gs)
             g[3 * k] -= ks * C * u0
             g[3 * k + 1] -= ks * C * u1
             g[3 * k + 2] -= ks * C * u2

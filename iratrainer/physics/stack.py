@@ -40,7 +40,7 @@ from iratrainer.physics.solver import solve as solve_links
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
 
 MAX_ADVANCE_MM_S = 60.0
-HUB_FORCE_MAX_N = 3.0  # the most a hand pushes a device through the valve before it slips
+HUB_FORCE_MAX_N = 3.0  # the most a hand pushes or pulls a device through the valve before it slips
 MAX_ROTATE_DEG_S = 720.0
 KG = 1e-3  # 1 kg in N·s²/mm
 
@@ -391,9 +391,15 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     # plane inactive
     plane_d = rho.copy()
     force = np.zeros(N)
+    # each edge's tension at the end of the previous step, for its geometric stiffness
+    tension = np.empty(N - 1)
+    ks = 1.0 / s_alpha
+    for k in range(N - 1):
+        L = np.sqrt((x0[k + 1, 0] - x0[k, 0]) ** 2 + (x0[k + 1, 1] - x0[k, 1]) ** 2 + (x0[k + 1, 2] - x0[k, 2]) ** 2)
+        tension[k] = max(ks * (L - rest[k]), 0.0)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end, mu, k_stick, fn_prev, x0)
+                       closest, axis, rho, start, end, mu, k_stick, fn_prev, x0, tension)
     return force
 
 
@@ -816,6 +822,8 @@ class DeviceStack:
         self._query_cache: tuple[np.ndarray, Any] | None = None
         #: stiffness of a sticking contact across the wall, N/mm (as the wall's own)
         self.friction_stiffness = 200.0
+        #: the most a hand pushes or pulls at a hub before the device slips in the fingers (N)
+        self.hub_force_max_n = HUB_FORCE_MAX_N
         self._fn_prev = [np.zeros(len(r.x)) for r in self.rods]
 
     # ------------------------------------------------------------------ inputs
@@ -1045,22 +1053,28 @@ class DeviceStack:
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {worst:.1f} mm outside every vessel")
 
     def _limit_hub_force(self) -> None:
-        """A hand cannot push harder than HUB_FORCE_MAX_N: beyond it the device slips in the fingers.
+        """A hand cannot push or pull harder than ``hub_force_max_n``: beyond it the device slips
+        in the fingers.
 
-        The axial force at the sheath is the compression of the access edge times EA/h; the
-        inserted length is taken back to the length that this force allows.
+        The axial force at the sheath is the compression (or tension) of the access edge times
+        EA/h; the inserted length is taken back to the length that this force allows. Without
+        the limit in tension, a wire whose tip was caught (in a small branch, or held by
+        friction round a bend) and pulled back at a set speed was stretched without bound,
+        and the tension pressed it into the rims it passed with a hundred newtons and more.
         """
+        limit = self.hub_force_max_n
         for rod in self.rods:
             K = rod.n_material
             rest = rod.inserted_mm - rod.sigma[-1]
             actual = math.dist(rod.x[K - 1], rod.x[K])
             force = (rest - actual) / rod.stretch_compliance
-            if force > HUB_FORCE_MAX_N:
-                rod.inserted_mm -= (rest - actual) - HUB_FORCE_MAX_N * rod.stretch_compliance
+            if abs(force) > limit:
+                pushing = force > 0.0
+                rod.inserted_mm -= (rest - actual) - math.copysign(limit, force) * rod.stretch_compliance
                 self._pushed_blocked[rod.name] = self._pushed_blocked.get(rod.name, 0) + 1
                 if self._pushed_blocked[rod.name] == 1:
-                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: pushing against {force:.1f} N, "
-                                    "the device does not advance")
+                    self.log.append(f"t={self.time_s:.3f}s {rod.name}: {'pushing' if pushing else 'pulling'} against "
+                                    f"{abs(force):.1f} N, the device slips in the fingers")
             else:
                 self._pushed_blocked[rod.name] = 0
 

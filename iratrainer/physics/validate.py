@@ -27,7 +27,7 @@ import numpy as np
 from iratrainer.anatomy.tree import Branch, VesselTree
 from iratrainer.physics.catalogue import default_catalogue
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
-from iratrainer.physics.primal import NO_CYLINDERS, NO_FRICTION, NO_LINKS, solve_chain_primal
+from iratrainer.physics.primal import NO_CYLINDERS, NO_FRICTION, NO_LINKS, NO_TENSION, solve_chain_primal
 from iratrainer.physics.stack import MAX_ADVANCE_MM_S, MAX_ROTATE_DEG_S, DeviceStack, HubCommand, PhysicsError
 
 __all__ = ["run_checks", "cantilever", "elastica_tip_angle"]
@@ -59,7 +59,8 @@ def cantilever(F_n: float, L_mm: float = 100.0, EI: float = 100.0, N: int = 41, 
         x = x + dt * dt * w[:, None] * f
         if solver == "primal":
             solve_chain_primal(x, x.copy(), w, rest, kb, alpha, 0.0, on, np.zeros((N, 3)), np.zeros(N), 0.0, 4,
-                               dt, 1.0, force, *NO_LINKS, np.inf, *NO_CYLINDERS, *NO_FRICTION)
+                               dt, 1.0, force, *NO_LINKS, np.inf, *NO_CYLINDERS, *NO_FRICTION,
+                               NO_TENSION)
         else:
             solve_chain(x, w, rest, kb, alpha, on, np.zeros((N, 3)), np.zeros(N), 4, dt, lam)
     return x

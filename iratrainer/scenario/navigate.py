@@ -75,11 +75,18 @@ PROBE_WIRE_IN_MM = 15.0  # the wire tip waits this far inside the catheter betwe
 PROBE_OUT_MM = 30.0  # each probe pushes the wire this far out of the catheter
 PROBE_TIP_OUT_MM = 8.0  # between probes the wire's angled tip stays this far out, to be aimed
 PROBE_TRIES = 4  # probes per parking of the catheter
+WIRE_HOOK_BACK_MM = (35.0, 25.0, 45.0)  # where the catheter waits short of the ostium while the wire is hooked
+WIRE_HOOK_DEEPER_MM = 40.0  # a hooked wire goes this much further up before the catheter follows
 PROBE_DEEPER_MM = 20.0  # once in, the wire goes this much further before the catheter follows
 PROBE_FOLLOW_MM = 40.0  # then catheter and wire go up the branch together this far
 STALL_PULSES = 20  # pushing this many pulses (1 s) ...
 STALL_MM = 3.0  # ... with the tip seen to go less than this far along the roadmap: it is stuck
+HOOK_SPIN_DEG_S = 360.0  # a hooked wire is pushed up the branch turning at this rate
+RETRY_SKIPS = (0, 1, 3, 2)  # quarter turns past the best aim, by retry at one place
 STALL_BACK_MM = 10.0  # then the tip is pulled back this far along the roadmap and aimed again
+CROSS_MM = 10.0  # a microwire crossing a junction alone must be seen this far past it
+CROSS_TRIES = 3  # pushes of the microwire alone across a junction before the stack goes on as one
+FOLD_OUT_MM = 10.0  # a lead seen turned back is pulled back to this far out of its catheter
 
 
 @dataclass
@@ -214,6 +221,7 @@ class _Operator:
         self.max_force = 0.0
         self.log: list[str] = []
         self._last_tip = self.lead.x[0].copy()
+        self._retries: dict[int, int] = {}  # retries so far per 10 mm of the route (see _skip)
 
     def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
         """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
@@ -223,15 +231,16 @@ class _Operator:
         self.offsets = list(offsets_mm)
         self._last_tip = self.lead.x[0].copy()
 
-    def settle_offsets(self, max_pulses: int = 100) -> None:
-        """Move the other hubs to their offsets with the lead held (e.g. after a change of lead)."""
+    def settle_offsets(self, max_pulses: int = 100, follow_mm_s: float = 40.0) -> None:
+        """Move the other hubs to their offsets with the lead held (e.g. after a change of lead),
+        at up to ``follow_mm_s``."""
         for _ in range(max_pulses):
             lead_ins = self.lead.inserted_mm
             if all(abs(r.inserted_mm - (lead_ins + o)) < 1.0 for k, (r, o) in enumerate(zip(self.st.rods, self.offsets,
                                                                                          strict=True))
                    if k != self.lead_index and o is not None):
                 return
-            self.pulse()
+            self.pulse(follow_mm_s=follow_mm_s)
 
     # ---------------------------------------------------------------- eyes
     def see(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -254,8 +263,10 @@ class _Operator:
         return s, excess > 0.0
 
     # ---------------------------------------------------------------- hands
-    def pulse(self, advance_mm_s: float = 0.0, rotate_deg_s: float = 0.0, steps: int = PULSE_STEPS) -> None:
-        """Hold the hub inputs for one pulse; the other devices keep their offsets from the lead."""
+    def pulse(self, advance_mm_s: float = 0.0, rotate_deg_s: float = 0.0, steps: int = PULSE_STEPS,
+              follow_mm_s: float = 40.0) -> None:
+        """Hold the hub inputs for one pulse; the other devices keep their offsets from the lead
+        (moved at up to ``follow_mm_s`` to get there)."""
         if self.st.time_s > self.max_sim_s:
             raise TimeoutError
         lead_ins = self.lead.inserted_mm + advance_mm_s * steps * self.st.dt
@@ -266,15 +277,19 @@ class _Operator:
             if off is None:
                 cmds[rod.name] = HubCommand(0.0, 0.0)
                 continue
-            v = float(np.clip((lead_ins + off - rod.inserted_mm) / (steps * self.st.dt), -40.0, 40.0))
+            v = float(np.clip((lead_ins + off - rod.inserted_mm) / (steps * self.st.dt), -follow_mm_s, follow_mm_s))
             cmds[rod.name] = HubCommand(v, 0.0)
         cmds[self.lead.name] = HubCommand(advance_mm_s, rotate_deg_s)
+        top = self.max_force
         for _ in range(steps):
             self.st.step(cmds)
+            for f in self.st.wall_force:  # every step's, not only what the pulse ends on
+                if len(f):
+                    top = max(top, float(f.max()))
+        self.max_force = top
         tip = self.lead.x[0]
         self.path_length += float(np.linalg.norm(tip - self._last_tip))
         self._last_tip = tip.copy()
-        self.max_force = max(self.max_force, max(float(np.max(f)) if len(f) else 0.0 for f in self.st.wall_force))
 
     def aim(self, s_junction: float, skip: int = 0, along: bool = False) -> None:
         """Turn the lead's hub over a full turn in 45° steps, then back to the best step (+ ``skip`` quarters).
@@ -311,18 +326,20 @@ class _Operator:
         self.log.append(f"t={self.st.time_s:.2f}s aim {where} {s_junction:.0f} mm: "
                         f"{best * AIM_STEP_DEG:.0f}° (scores {', '.join(f'{v:.1f}' for v in scores)})")
 
-    def advance_by(self, mm: float, speed: float = 20.0) -> None:
-        """Push (or pull, ``mm`` < 0) the lead's hub by ``mm`` of inserted length."""
+    def advance_by(self, mm: float, speed: float = 20.0, rotate_deg_s: float = 0.0) -> None:
+        """Push (or pull, ``mm`` < 0) the lead's hub by ``mm`` of inserted length, turning it at
+        ``rotate_deg_s`` meanwhile (spinning a wire keeps its tip from catching on the wall)."""
         target = self.lead.inserted_mm + mm
         sign = 1.0 if mm > 0 else -1.0
         for _ in range(int(abs(mm) / (speed * PULSE_STEPS * self.st.dt)) + 40):
             if (target - self.lead.inserted_mm) * sign <= 0.5:
                 break
-            self.pulse(sign * speed)
+            self.pulse(sign * speed, rotate_deg_s)
 
     def hook(self, j: float, skip: int) -> bool:
         """Catch a branch that leaves backwards with the lead alone (no shaped catheter): go past
-        it, point the tip along it, pull back slowly until the tip drops in, then push.
+        it, point the tip along it, pull back slowly until the tip drops in, then push it up
+        spinning.
         Returns True when the tip is seen going up the branch after the push."""
         s, _ = self.where()
         self.advance_by(max(j - s, 0.0) + 15.0)
@@ -338,7 +355,9 @@ class _Operator:
                 self.log.append(f"t={self.st.time_s:.2f}s the tip dropped into the branch at {j:.0f} mm on the "
                                 "pull-back")
                 depth = self.route.depth(j)
-                self.advance_by(depth + 5.0, 10.0)
+                # pushed up spinning: pushed straight, the tip caught on the wall a few
+                # millimetres in and the wire fed behind it bowed back out into the arch
+                self.advance_by(depth + 5.0, 10.0, HOOK_SPIN_DEG_S)
                 s3, off = self.where((-20.0, depth + 20.0))
                 return s3 > j + depth and not off
             if s2 < j - 12.0:
@@ -384,19 +403,169 @@ class _Operator:
                 self.log.append(f"t={self.st.time_s:.2f}s the wire went up the branch at {j:.0f} mm "
                                 f"(probe {k + 1}, catheter {back:.0f} mm short of it)")
                 self.advance_by(PROBE_DEEPER_MM, 10.0)
-                follow: list[float | None] = [None] * len(self.offsets)
-                follow[catheter] = cath.inserted_mm - wire_rod.inserted_mm
-                self.set_lead(wire, follow)
-                self.advance_by(PROBE_FOLLOW_MM, 10.0)
-                s3, off = self.where((j - self.s - 20.0, depth + 120.0))
-                ok = s3 > j + depth and not off
-                self.log.append(f"t={self.st.time_s:.2f}s catheter and wire {'went' if ok else 'did not go'} up "
-                                "the branch together")
-                return ok
+                return self._follow(j, wire, catheter)
             self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm - PROBE_TIP_OUT_MM), 20.0)
         self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm + PROBE_WIRE_IN_MM), 20.0)
         self.log.append(f"t={self.st.time_s:.2f}s no probe of the wire found the branch at {j:.0f} mm")
         return False
+
+    def _follow(self, j: float, wire: int, catheter: int) -> bool:
+        """The wire is up the branch at ``j``: catheter and wire advance together ``PROBE_FOLLOW_MM``
+        (a catheter pushed alone over the wire backs out of the ostium and drags the wire with
+        it along the arch). Returns True when the wire is seen up the branch at the end."""
+        wire_rod, cath = self.st.rods[wire], self.st.rods[catheter]
+        follow: list[float | None] = [None] * len(self.offsets)
+        follow[catheter] = cath.inserted_mm - wire_rod.inserted_mm
+        self.set_lead(wire, follow)
+        self.advance_by(PROBE_FOLLOW_MM, 10.0)
+        depth = self.route.depth(j)
+        s3, off = self.where((j - self.s - 20.0, depth + 120.0))
+        ok = s3 > j + depth and not off
+        self.log.append(f"t={self.st.time_s:.2f}s catheter and wire {'went' if ok else 'did not go'} up "
+                        "the branch together")
+        return ok
+
+    def _arc_of(self, index: int, s_hint: float, window: tuple[float, float]) -> tuple[float, float]:
+        """(arc, excess) of device ``index``'s projected tip along the roadmap (see :meth:`_Route.locate`)."""
+        x = self.st.rods[index].x[:1]
+        return self.route.locate([self.route._px(p, x)[0] for p in self.route.planes], s_hint, window)
+
+    def _catheter_over_wire(self, j: float, wire: int, catheter: int) -> bool:
+        """Bring the catheter up a branch over a wire hooked into it from afar.
+
+        The wire goes ``WIRE_HOOK_DEEPER_MM`` further up (spinning), for purchase; its slack in the
+        parent is then taken up (pulled back until its tip is seen to come back 3 mm); then
+        the catheter is advanced over the still wire until its own tip is seen up the branch.
+        Pushed together at once, catheter and wire prolapsed into the ascending aorta with the
+        wire's loop, and the wire came out of the branch. Returns True when both tips are
+        seen up the branch.
+        """
+        depth = self.route.depth(j)
+        win = (-40.0, depth + 150.0)
+        self.advance_by(WIRE_HOOK_DEEPER_MM, 10.0, HOOK_SPIN_DEG_S)
+        s_top, _ = self._arc_of(wire, j, win)
+        for _ in range(int(60.0 / (5.0 * PULSE_STEPS * self.st.dt))):
+            self.pulse(-5.0)
+            s_w, _ = self._arc_of(wire, j, win)
+            if s_w < s_top - 3.0:
+                break
+        held: list[float | None] = [None] * len(self.offsets)
+        self.set_lead(catheter, held)
+        cath = self.st.rods[catheter]
+        start = cath.inserted_mm
+        ok = False
+        while cath.inserted_mm - start < WIRE_HOOK_BACK_MM[-1] + depth + 30.0:
+            self.pulse(10.0)
+            s_c, _ = self._arc_of(catheter, j, win)
+            s_w, off_w = self._arc_of(wire, j, win)
+            if s_w < j + 3.0 or off_w > 0.0:
+                break  # the wire came out of the branch
+            if s_c > j + depth:
+                ok = True
+                break
+        self.set_lead(wire, held)
+        self.s, _ = self.where((j - self.s - 20.0, depth + 150.0))
+        self.log.append(f"t={self.st.time_s:.2f}s the catheter {'went' if ok else 'did not go'} up the branch "
+                        "over the wire")
+        return ok
+
+    def wire_hook(self, j: float, attempt: int, wire: int, catheter: int) -> bool:
+        """Select a branch that leaves backwards with the wire alone, the catheter behind it for support.
+
+        The catheter is parked ``WIRE_HOOK_BACK_MM`` short of the ostium with the wire inside it;
+        the wire is then hooked (:meth:`hook`: taken past the ostium, its angled tip turned to
+        point along the branch, pulled back slowly until it drops in, pushed up), and the
+        catheter is brought up over it (:meth:`_catheter_over_wire`). A shaped catheter in the arch lies with its
+        curve along the arch's own (its bending energy is least there), its tip pointing on
+        along the arch rather than up into the ostia on the roof, and the torque that would
+        turn it up is stored in the shaft until the tip whips back; the wire's short soft tip
+        turns where the catheter's cannot. Returns True when the wire is seen up the branch.
+        """
+        wire_rod, cath = self.st.rods[wire], self.st.rods[catheter]
+        offsets = [0.0] * len(self.offsets)
+        offsets[wire] = -PROBE_WIRE_IN_MM
+        self.set_lead(catheter, offsets)
+        self.settle_offsets()
+        self.s, _ = self.where((-60.0, 60.0))
+        back = WIRE_HOOK_BACK_MM[attempt % len(WIRE_HOOK_BACK_MM)]
+        self.advance_by(j - back - self.s, 10.0)
+        self.set_lead(wire, [None] * len(self.offsets))
+        self.s, _ = self.where((-60.0, 60.0))
+        if self.hook(j, attempt):
+            self.log.append(f"t={self.st.time_s:.2f}s the wire went up the branch at {j:.0f} mm on a hook "
+                            f"(catheter {back:.0f} mm short of it)")
+            return self._catheter_over_wire(j, wire, catheter)
+        self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm + PROBE_WIRE_IN_MM), 20.0)
+        self.log.append(f"t={self.st.time_s:.2f}s the wire did not catch the branch at {j:.0f} mm on a hook")
+        return False
+
+    def _cross_alone(self, j: float) -> bool:
+        """Take the microwire alone across the junction at ``j``, its catheters held, then bring
+        the microcatheter up over it (the wire leads, the catheter follows, junction by junction).
+
+        The wire is pushed at 10 mm/s until its tip is seen ``CROSS_MM`` past the junction on
+        the roadmap; seen off it, or turned back, it is pulled back to where it started, aimed
+        again and pushed again (``CROSS_TRIES`` in all). Pushed as one with the stack, the
+        wire 25 mm out of the microcatheter met the dome of the carotid terminus, folded back
+        down the ICA, and the microcatheter was pushed on into the dome. Returns True when the
+        wire crossed.
+        """
+        offsets = list(self.offsets)
+        self.set_lead(self.lead_index, [None] * len(self.offsets))
+        ok = False
+        for _ in range(CROSS_TRIES):
+            start = self.lead.inserted_mm
+            while self.lead.inserted_mm - start < LEAD_MM + CROSS_MM + 10.0:
+                self.pulse(10.0)
+                s2, off = self.where((-20.0, 40.0))
+                if off or self._turned_back():
+                    break
+                if s2 > j + CROSS_MM:
+                    ok = True
+                    break
+            if ok:
+                break
+            self.advance_by(start - self.lead.inserted_mm, 10.0)
+            self.s, _ = self.where((-60.0, 20.0))
+            self.aim(j, skip=self._skip(j))
+        # the catheter just behind the wire comes up to its place; the ones behind it stay where
+        # they are and follow from there (a 6F intermediate catheter pushed on into the siphon
+        # behind the microcatheter was pressed through its wall with hundreds of newtons)
+        lead_ins = self.lead.inserted_mm
+        self.set_lead(self.lead_index, [o if (k == self.lead_index - 1 or o is None) else r.inserted_mm - lead_ins
+                                        for k, (r, o) in enumerate(zip(self.st.rods, offsets, strict=True))])
+        self.settle_offsets(follow_mm_s=10.0)
+        self.s, _ = self.where((-60.0, 40.0))
+        self.log.append(f"t={self.st.time_s:.2f}s the wire alone {'crossed' if ok else 'did not cross'} the junction "
+                        f"at {j:.0f} mm; the catheters brought up behind it")
+        return ok
+
+    def _turned_back(self) -> bool:
+        """True when the lead's projected tip points back down the roadmap on both planes
+        (a wire folded back on itself, as it does against the dome of the carotid terminus)."""
+        _, dirs = self.see()
+        ahead = self.route.point(self.s + 5.0)
+        back = self.route.point(max(self.s - 5.0, 0.0))
+        votes = 0
+        for d, a, b in zip(dirs, ahead, back, strict=True):
+            v = a - b
+            n = float(np.linalg.norm(v))
+            if n > 1.0 and float(d @ v) / n < -0.3:
+                votes += 1
+        return votes == len(dirs)
+
+    def _skip(self, where_mm: float) -> int:
+        """Quarter turns past the best aim for the next retry at ``where_mm`` along the route.
+
+        Retries at one place (10 mm bins; the count is kept for the whole run) go through the
+        best aim again, a quarter turn either side, then the opposite side. With one fixed
+        offset the operator repeated the same stall at the carotid terminus until the time ran
+        out (the same scores, the same turn, every 8 s).
+        """
+        key = int(where_mm // 10.0)
+        n = self._retries.get(key, 0)
+        self._retries[key] = n + 1
+        return RETRY_SKIPS[n % len(RETRY_SKIPS)]
 
     def _attempt(self, tries: int, what: str) -> bool:
         """Count and log a recovery (``what`` happened); False once the tries are used up."""
@@ -431,10 +600,19 @@ class _Operator:
                 tries += 1
                 if not self._attempt(tries, f"off the roadmap near {s:.0f} mm: pull back"):
                     return "gave_up"
+                if j is not None and j in route.hooks:
+                    # past a branch that had to be selected (hooked or probed): pull back only
+                    # to the roadmap, not out of the branch; lost below its ostium, select it again
+                    self._pull_back(lambda _s2, off2: not off2, 200)
+                    if self.s < j + 3.0:
+                        pending = sorted({x for x in pending if x > j} | {j})
+                    else:
+                        self.aim(self.s, skip=self._skip(self.s), along=True)
+                    continue
                 # pull back until the tip is on the roadmap short of the junction
                 self._pull_back(lambda s2, off2, j=j: not off2 and (j is None or s2 < j - LEAD_MM), 200)
                 if j is not None:
-                    self.aim(j, skip=tries)
+                    self.aim(j, skip=self._skip(j))
                     pending = [x for x in pending if x > j]
                 continue
             if s >= goal:
@@ -445,14 +623,19 @@ class _Operator:
                 if nxt in route.hooks and catheter is not None:
                     wire, wire_offsets = self.lead_index, list(self.offsets)
                     for k in range(self.max_attempts):
-                        if self.probe(nxt, k, wire, catheter):
+                        if self.wire_hook(nxt, k, wire, catheter) or self.probe(nxt, k, wire, catheter):
                             break
                         self.attempts += 1
                         self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not selected "
                                         f"(attempt {k + 1})")
                     else:
                         return "gave_up"
-                    self.set_lead(wire, wire_offsets)  # the wire leads again, the catheter follows
+                    # the wire leads again, the catheter follows where it now is, or closer: taken
+                    # back to its usual distance it left the wire without support in the ostium
+                    gap = self.st.rods[catheter].inserted_mm - self.st.rods[wire].inserted_mm
+                    held = wire_offsets[catheter]
+                    wire_offsets[catheter] = gap if held is None else max(held, gap)
+                    self.set_lead(wire, wire_offsets)
                     self.s, _ = self.where((-40.0, 40.0))
                 elif nxt in route.hooks:  # no shaped catheter: the lead itself is hooked on a pull-back
                     for k in range(self.max_attempts):
@@ -467,6 +650,8 @@ class _Operator:
                         return "gave_up"
                 else:
                     self.aim(nxt)
+                    if self.lead.spec.kind == "microwire" and self.lead_index > 0:
+                        self._cross_alone(nxt)
                 pending.pop(0)
                 continue
             near = nxt is not None and s > nxt - LEAD_MM - 15.0
@@ -480,12 +665,26 @@ class _Operator:
                     tries += 1
                     if not self._attempt(tries, f"the tip does not follow the hub near {s:.0f} mm: pull back"):
                         return "gave_up"
-                    self._pull_back(lambda s2, _off, s=s: s2 < s - STALL_BACK_MM, 100)
+                    if self.lead_index > 0 and self._turned_back():
+                        # a wire turned back on itself out of its catheter: pushing only
+                        # feeds the loop; the wire alone back into its catheter, then aim again
+                        outer = self.st.rods[self.lead_index - 1]
+                        lead_offsets = list(self.offsets)
+                        self.set_lead(self.lead_index, [None] * len(self.offsets))
+                        self.advance_by(-(self.lead.inserted_mm - outer.inserted_mm - FOLD_OUT_MM), 10.0)
+                        # the others keep their places: the lead's offsets become what they now are
+                        self.set_lead(self.lead_index, [None if o is None else r.inserted_mm - self.lead.inserted_mm
+                                                        for r, o in zip(self.st.rods, lead_offsets, strict=True)])
+                        self.log.append(f"t={self.st.time_s:.2f}s the tip is seen turned back: the lead pulled "
+                                        f"back into its catheter to {FOLD_OUT_MM:.0f} mm out")
+                        self.s, _ = self.where((-60.0, 20.0))
+                    else:
+                        self._pull_back(lambda s2, _off, s=s: s2 < s - STALL_BACK_MM, 100)
                     passed = [x for x in route.junctions if x < s + 5.0]
                     if passed and s - passed[-1] < AIM_AHEAD_MM:
-                        self.aim(passed[-1], skip=tries)
+                        self.aim(passed[-1], skip=self._skip(passed[-1]))
                     else:
-                        self.aim(s, skip=tries, along=True)
+                        self.aim(s, skip=self._skip(s), along=True)
                     pushed.clear()
                     continue
             if tries and nxt is None:
