@@ -470,17 +470,23 @@ def test_the_wire_tip_orientation_chooses_ica_or_eca_at_the_atlas_bifurcation(tu
 
 
 @pytest.mark.slow
-def test_a_microwire_coming_up_the_siphon_slips_into_the_ophthalmic_artery():
+@pytest.mark.parametrize(("turn_deg", "slips"), [(45, True), (0, False)])
+def test_a_microwire_coming_up_the_siphon_slips_into_the_ophthalmic_artery_or_not_by_its_turn(turn_deg, slips):
     """The atlas siphon turns back by about 115 degrees at the ophthalmic origin, which lies
-    straight ahead of a wire coming up the ICA: a 45-degree microwire tip cannot follow the
-    siphon there and slips into the ophthalmic artery, the classic mistake."""
+    straight ahead of a wire coming up the ICA: with its 45-degree tip turned one way the
+    microwire slips into the ophthalmic artery, the classic mistake; turned another it
+    does not, and stays in the ICA."""
     tree, path, _, s_oph = _carotid_tree()
     c = default_catalogue()
     mw = c["microwire_014"]
     st = DeviceStack(tree, [c["microcatheter_021"], mw], access_label="ACCESS",
                      inserted_mm=[s_oph - 15.0, s_oph - 8.0], path_mm=path)
-    _turn_then_advance(st, mw.name, 0.0, 25.0, 10.0)
-    assert st.tip_branch() == "L_OPH"
+    _turn_then_advance(st, mw.name, turn_deg, 25.0, 10.0)
+    if slips:
+        assert st.tip_branch() == "L_OPH"
+    else:
+        assert st.tip_branch() != "L_OPH"
+        assert st.tip_branch() in tree.subtree("L_ICA")
 
 
 def _hooked_in_the_lcca():
