@@ -19,22 +19,26 @@ What the operator does:
   turn, wait for the twist to reach the tip, score how well the projected tip points
   along the route past the junction on both planes, and come back to the best step. The
   torque lags and whips (friction): the score is read at the tip, not at the hub.
-* **probe** a branch that leaves backwards (more than 75° from the way in, like the arch
+* **select** a branch that leaves backwards (more than 75° from the way in, like the arch
   vessels seen from the descending aorta) with the wire, as operators select the arch
-  vessels: the shaped catheter is parked just short of the ostium and turned to point at
-  it, the angled wire is put out of it, aimed, and pushed; when the projected wire tip is
-  seen up the branch on both planes the wire goes further, and catheter and wire are then
-  advanced together (a catheter pushed alone over the wire backs out and drags the wire
-  down the arch). Without a shaped catheter the lead itself is **hooked**: taken past the
-  ostium, pointed along the branch, and pulled back until its tip drops in. Where the
-  vessel ends in its branches (the carotid terminus) there is no going past: the branch
-  is aimed at like any junction.
+  vessels. First the wire is **hooked** with the catheter waiting behind it: taken past
+  the ostium, pointed along the branch, pulled back until its tip drops in, pushed up
+  spinning; its slack is then taken up and the catheter advanced over the still wire (a
+  shaped catheter in the arch keeps its curve along the arch's, and cannot be turned to
+  point up into the ostia itself). Failing that, the wire is **probed** from the catheter
+  parked just short of the ostium. Without a shaped catheter the lead itself is hooked.
+  Where the vessel ends in its branches (the carotid terminus) there is no going past:
+  the branch is aimed at like any junction.
+* **wire first** (the distal stack): at each junction the aimed microwire goes across
+  alone, its catheters held, then the microcatheter is brought up over it.
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
-  half-width plus a margin on either plane, pull back to before the junction, turn a
-  quarter turn beyond the last choice, and try again (at most ``max_attempts`` per
-  junction).
+  half-width plus a margin on either plane, pull back to before the junction (to the
+  roadmap only, past a selected branch), aim again, and try again (at most
+  ``max_attempts`` per junction).
 * **unstick**: when the tip is seen to go less than 3 mm along the roadmap over 1 s of
-  pushing (the device bows or loops behind it), pull back 10 mm and aim again.
+  pushing (the device bows or loops behind it), pull back 10 mm and aim again; retries at
+  one place go through the best aim, a quarter turn either side and the opposite side. A
+  lead seen turned back on itself is pulled back into its catheter instead.
 
 Vessel selection is therefore the physics' doing: the shaped tip, the torque reaching
 it, the wall contacts. The operator only chooses hub inputs.
