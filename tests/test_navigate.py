@@ -62,21 +62,23 @@ def test_navigate_command_rejects_bad_input(tmp_path, capsys):
 @pytest.mark.slow
 def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path):
     """Arch type I, hub inputs only: the vertebral catheter over the 0.035 wire up the aorta
-    (the contralateral iliac aimed past), the wire probing from the parked catheter into
-    the left common carotid, catheter and wire up to the internal carotid; the exchange;
-    then the microwire leading the 6F, the microcatheter and itself round the siphon into
-    the M1 (~6 min of computing)."""
+    (the contralateral iliac aimed past), the wire hooked into the left common carotid with
+    the catheter waiting behind it (or probed from the parked catheter), the catheter up
+    over the wire to the internal carotid; the exchange; then the microwire leading the 6F
+    and the microcatheter, crossing the junctions alone, round the siphon into the M1
+    (~2 min of computing). The tip may end a little past the M1, in one of its branches."""
     out = tmp_path / "nav"
     assert main(["navigate", "--arch", "I", "--target", "L_MCA_M1", "--out", str(out)]) == 0
     res = json.loads((out / "result.json").read_text())
-    assert res["reached"] is True and res["tip_branch"] == "L_MCA_M1" and res["outcome"] == "reached"
+    assert res["reached"] is True and res["outcome"] == "reached"
+    assert res["tip_branch"] in build_atlas().subtree("L_MCA_M1")
     assert res["stack"] == ["vertebral_5F", "guidewire_035_angled", "intermediate_6F", "microcatheter_021",
                             "microwire_014"]
     assert 0 < res["sim_time_s"] < 300
     assert res["path_length_mm"] > 1000  # femoral to M1 is ~960 mm along the route
     log = "\n".join(res["log"])
-    for stage in ("aim before the junction", "the wire went up the branch", "catheter and wire went up the branch",
-                  "exchange over a wire"):
+    for stage in ("aim before the junction", "the wire went up the branch", "exchange over a wire"):
         assert stage in log, stage
+    assert "the catheter went up the branch over the wire" in log or "catheter and wire went up the branch" in log
     # reported, not yet bounded: contact-penalty spikes at ostia and bends (docs/physics.md)
     assert np.isfinite(res["max_wall_force_n"]) and res["max_wall_force_n"] > 0
