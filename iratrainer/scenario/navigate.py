@@ -383,13 +383,8 @@ class _Operator:
         it up the branch. Returns True when the wire is seen up the branch at the end.
         """
         wire_rod, cath = self.st.rods[wire], self.st.rods[catheter]
-        offsets = [0.0] * len(self.offsets)
-        offsets[wire] = -PROBE_WIRE_IN_MM
-        self.set_lead(catheter, offsets)
-        self.settle_offsets()
-        self.s, _ = self.where((-60.0, 60.0))
         back = PROBE_BACK_MM[attempt % len(PROBE_BACK_MM)]
-        self.advance_by(j - back - self.s, 10.0)
+        self._park(j, back, wire, catheter)
         self.aim(j)
         held: list[float | None] = [None] * len(self.offsets)
         self.set_lead(wire, held)
@@ -412,6 +407,16 @@ class _Operator:
         self.advance_by(-(wire_rod.inserted_mm - cath.inserted_mm + PROBE_WIRE_IN_MM), 20.0)
         self.log.append(f"t={self.st.time_s:.2f}s no probe of the wire found the branch at {j:.0f} mm")
         return False
+
+    def _park(self, j: float, back_mm: float, wire: int, catheter: int) -> None:
+        """The catheter leads to ``back_mm`` short of the junction at ``j``, the wire
+        ``PROBE_WIRE_IN_MM`` inside it."""
+        offsets = [0.0] * len(self.offsets)
+        offsets[wire] = -PROBE_WIRE_IN_MM
+        self.set_lead(catheter, offsets)
+        self.settle_offsets()
+        self.s, _ = self.where((-60.0, 60.0))
+        self.advance_by(j - back_mm - self.s, 10.0)
 
     def _follow(self, j: float, wire: int, catheter: int) -> bool:
         """The wire is up the branch at ``j``: catheter and wire advance together ``PROBE_FOLLOW_MM``
@@ -486,13 +491,8 @@ class _Operator:
         turns where the catheter's cannot. Returns True when the wire is seen up the branch.
         """
         wire_rod, cath = self.st.rods[wire], self.st.rods[catheter]
-        offsets = [0.0] * len(self.offsets)
-        offsets[wire] = -PROBE_WIRE_IN_MM
-        self.set_lead(catheter, offsets)
-        self.settle_offsets()
-        self.s, _ = self.where((-60.0, 60.0))
         back = WIRE_HOOK_BACK_MM[attempt % len(WIRE_HOOK_BACK_MM)]
-        self.advance_by(j - back - self.s, 10.0)
+        self._park(j, back, wire, catheter)
         self.set_lead(wire, [None] * len(self.offsets))
         self.s, _ = self.where((-60.0, 60.0))
         if self.hook(j, attempt):
