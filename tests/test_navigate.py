@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from iratrainer.anatomy.atlas import build_atlas
+from iratrainer.anatomy.atlas import AtlasParams, build_atlas
 from iratrainer.cli import main
 from iratrainer.imaging.geometry import frontal, lateral
 from iratrainer.scenario.navigate import _Route
@@ -60,18 +60,20 @@ def test_navigate_command_rejects_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path):
-    """Arch type I, hub inputs only: the vertebral catheter over the 0.035 wire up the aorta
-    (the contralateral iliac aimed past), the wire hooked into the left common carotid with
-    the catheter waiting behind it (or probed from the parked catheter), the catheter up
-    over the wire to the internal carotid; the exchange; then the microwire leading the 6F
-    and the microcatheter, crossing the junctions alone, round the siphon into the M1
-    (~2 min of computing). The tip may end a little past the M1, in one of its branches."""
+@pytest.mark.parametrize("arch", ["I", "II"])
+def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path, arch):
+    """Arch types I and II, hub inputs only: the vertebral catheter over the 0.035 wire up the
+    aorta (the contralateral iliac aimed past), the wire hooked into the left common carotid
+    with the catheter waiting behind it, or probed from the parked catheter (type II, whose
+    LCCA leaves the slope of a taller arch), the catheter up over the wire to the internal
+    carotid; the exchange; then the microwire leading the 6F and the microcatheter, crossing
+    the junctions alone, round the siphon into the M1 (~2.5 min of computing each). The
+    tip may end a little past the M1, in one of its branches."""
     out = tmp_path / "nav"
-    assert main(["navigate", "--arch", "I", "--target", "L_MCA_M1", "--out", str(out)]) == 0
+    assert main(["navigate", "--arch", arch, "--target", "L_MCA_M1", "--out", str(out)]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["reached"] is True and res["outcome"] == "reached"
-    assert res["tip_branch"] in build_atlas().subtree("L_MCA_M1")
+    assert res["tip_branch"] in build_atlas(AtlasParams(arch=arch)).subtree("L_MCA_M1")
     assert res["stack"] == ["vertebral_5F", "guidewire_035_angled", "intermediate_6F", "microcatheter_021",
                             "microwire_014"]
     assert 0 < res["sim_time_s"] < 300

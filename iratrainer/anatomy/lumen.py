@@ -91,6 +91,39 @@ def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
 
 
 @nb.njit(cache=True)
+def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
+                    seg_branch, branch_parent, out_sd2):  # pragma: no cover - numba
+    """For each point whose own lumen depth is shallower than ``limit`` (``sd > -limit``): the
+    signed distance to the nearest segment of the parent or of a child of its own vessel
+    (``inf`` when none is among the cell's candidates)."""
+    n = pts.shape[0]
+    nx, ny, nz = dims[0], dims[1], dims[2]
+    for i in range(n):
+        out_sd2[i] = np.inf
+        if sd[i] <= -limit or seg[i] < 0:
+            continue
+        own = seg_branch[seg[i]]
+        px, py, pz = pts[i, 0], pts[i, 1], pts[i, 2]
+        ix = int(np.floor((px - origin[0]) / cell))
+        iy = int(np.floor((py - origin[1]) / cell))
+        iz = int(np.floor((pz - origin[2]) / cell))
+        if not (0 <= ix < nx and 0 <= iy < ny and 0 <= iz < nz):
+            continue
+        c = (ix * ny + iy) * nz + iz
+        best = np.inf
+        for k in range(cell_start[c], cell_start[c + 1]):
+            s = cand[k]
+            b = seg_branch[s]
+            if b == own or not (branch_parent[b] == own or branch_parent[own] == b):
+                continue
+            v, _t = _seg_sd(px, py, pz, a[s, 0], a[s, 1], a[s, 2],
+                            d[s, 0], d[s, 1], d[s, 2], len2[s], ra[s], dr[s])
+            if v < best:
+                best = v
+        out_sd2[i] = best
+
+
+@nb.njit(cache=True)
 def _count_pairs(lo_i, hi_i):  # pragma: no cover - numba
     total = 0
     for s in range(lo_i.shape[0]):
@@ -149,6 +182,8 @@ class LumenIndex:
             cell_mm = 2.0
         self.cell = float(cell_mm)
         self.band = float(band_mm)
+        self._seg_branch: np.ndarray | None = None
+        self._branch_parent: np.ndarray | None = None
         self._build()
 
     def _build(self) -> None:
@@ -213,6 +248,29 @@ class LumenIndex:
         _query_kernel(p, self.origin, self.cell, self.dims, self.cell_start, self.cand, self.a, self.d, self.len2,
                       self.ra, self.dr, self.band, seg, t, sd, False)
         return sd
+
+    def related_depth(self, points_mm: np.ndarray, segment: np.ndarray, signed_distance_mm: np.ndarray,
+                      limit_mm: float) -> np.ndarray:
+        """Signed distance (mm) of each point to the vessel joined to its own at a junction.
+
+        ``segment`` and ``signed_distance_mm`` are the points' own query (:meth:`query`); for a
+        point whose own depth is shallower than ``limit_mm``, the distance to the nearest
+        segment of its vessel's parent or of one of its children (``inf`` elsewhere, and where
+        that vessel is not among the point's grid candidates). Near the rim of an ostium both
+        are small: the point is at the edge where the two tubes meet.
+        """
+        if self._branch_parent is None:
+            tree = self.tree
+            self._seg_branch = np.ascontiguousarray(tree.seg_branch, dtype=np.int64)
+            self._branch_parent = np.array([-1 if b.parent is None else tree.index(b.parent) for b in tree.branches],
+                                           dtype=np.int64)
+        p = np.ascontiguousarray(np.atleast_2d(np.asarray(points_mm, dtype=np.float64)))
+        out = np.empty(len(p), np.float64)
+        _related_kernel(p, np.ascontiguousarray(segment, dtype=np.int64),
+                        np.ascontiguousarray(signed_distance_mm, dtype=np.float64), float(limit_mm), self.origin,
+                        self.cell, self.dims, self.cell_start, self.cand, self.a, self.d, self.len2, self.ra, self.dr,
+                        self._seg_branch, self._branch_parent, out)
+        return out
 
     def query(self, points_mm: np.ndarray) -> LumenQuery:
         """Full query; see :meth:`iratrainer.anatomy.tree.VesselTree.query`."""

@@ -53,6 +53,33 @@ class StackError(IratrainerError):
     """An impossible device stack (an inner device larger than the outer lumen, unknown device)."""
 
 
+#: How far the wall gives at the rim of an ostium (mm). The lumen is a union of tubes, so
+#: where a branch leaves its parent the wall has a sharp edge, and each node's wall is the
+#: one tube it is deepest in. A wire lying over such an edge, half in each tube, was held
+#: there: pulled along its length with the hand's 3 N, its node at the edge pressed the side
+#: of the branch's tube with 30-100 N (type II arch, the 0.035 in wire's tip in the
+#: brachiocephalic trunk). A node within this distance of the joined vessel's lumen may go
+#: up to this much further out of its own tube, as over an edge rounded off by this much,
+#: and passes into the other tube.
+CREST_MM = 1.0
+CREST_LIMIT_MM = 3.0  # nodes deeper than this in their own vessel are not near a rim
+
+
+def rim_allowance(related_sd_mm: np.ndarray) -> np.ndarray:
+    """How far (mm) the wall gives for nodes at ``related_sd_mm`` from the lumen of the vessel
+    joined to theirs (:meth:`~iratrainer.anatomy.lumen.LumenIndex.related_depth`): all of
+    ``CREST_MM`` within ``CREST_MM`` of it, none beyond twice that, linear between."""
+    return CREST_MM * np.clip(2.0 - related_sd_mm / CREST_MM, 0.0, 1.0)
+
+
+def outside_rounded_mm(tree: VesselTree, points_mm: np.ndarray) -> np.ndarray:
+    """Signed distance (mm, > 0 outside) of each point to the lumen with its ostia rounded off
+    (:data:`CREST_MM`): the union of tubes' own distance, less the wall's give at a rim."""
+    q = tree.query(points_mm)
+    related = tree.lumen_index.related_depth(points_mm, q.segment, q.signed_distance_mm, CREST_LIMIT_MM)
+    return q.signed_distance_mm - rim_allowance(related)
+
+
 MAX_TRAVEL_MM = 2.0  # no node travels farther in one step's solve (2 m/s): a snap unfolds over steps
 
 
@@ -948,6 +975,8 @@ class DeviceStack:
         axis, start, end = _wall_cylinders(q.segment, q.closest_mm, self._seg_axis, self._seg_a, self._seg_b,
                                            self._seg_last, self._seg_root_first)
         clear = self._clearances()
+        # the vessel joined at a junction, for the nodes near their own wall (see CREST_MM)
+        crest = self.tree.lumen_index.related_depth(allx, q.segment, q.signed_distance_mm, CREST_LIMIT_MM)
         if pairs is None:
             pairs = self._link_pairs()
         inside = [_NO_NODES] * len(self.rods)
@@ -961,6 +990,8 @@ class DeviceStack:
             sl = slice(off, off + N)
             off += N
             R = q.radius_mm[sl]
+            # at the rim of an ostium the node's cylinder is widened (see CREST_MM)
+            R = R + rim_allowance(crest[sl])
             if self.solver == "primal":
                 alpha, mag, _ = rod._profiles()
                 links = self._link_rows(k, pairs)
@@ -980,7 +1011,7 @@ class DeviceStack:
                 force[inside[k]] = 0.0
             if final:
                 self.wall_force[k] = force
-                self._node_radius[k] = R
+                self._node_radius[k] = q.radius_mm[sl]
 
     def _friction_state(self, k: int) -> np.ndarray:
         """Device k's wall force at the previous step (N, per node), carried over by node index

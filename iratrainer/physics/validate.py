@@ -28,7 +28,14 @@ from iratrainer.anatomy.tree import Branch, VesselTree
 from iratrainer.physics.catalogue import default_catalogue
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
 from iratrainer.physics.primal import NO_CYLINDERS, NO_FRICTION, NO_LINKS, NO_TENSION, solve_chain_primal
-from iratrainer.physics.stack import MAX_ADVANCE_MM_S, MAX_ROTATE_DEG_S, DeviceStack, HubCommand, PhysicsError
+from iratrainer.physics.stack import (
+    MAX_ADVANCE_MM_S,
+    MAX_ROTATE_DEG_S,
+    DeviceStack,
+    HubCommand,
+    PhysicsError,
+    outside_rounded_mm,
+)
 
 __all__ = ["run_checks", "cantilever", "elastica_tip_angle"]
 
@@ -168,7 +175,7 @@ def check_fuzz(seconds: float = 20.0, seed: int = 0) -> Iterator[dict[str, Any]]
                                            float(rng.uniform(-1, 1) * MAX_ROTATE_DEG_S)) for r in st.rods}
             st.step(cmds)
             if i % 50 == 0:
-                sd = tree.signed_distance(np.vstack([r.x[:-2] for r in st.rods]))
+                sd = outside_rounded_mm(tree, np.vstack([r.x[:-2] for r in st.rods]))  # ostia rounded, as in contact
                 worst = max(worst, float(sd.max()))
     except PhysicsError as exc:
         error = str(exc)
@@ -176,7 +183,7 @@ def check_fuzz(seconds: float = 20.0, seed: int = 0) -> Iterator[dict[str, Any]]
         error = f"{type(exc).__name__}: {exc}"
     ok = not error and worst <= 0.5
     yield {"check": "fuzz", "value": worst, "reference": 0.0, "error": max(worst, 0.0), "tolerance": 0.5,
-           "passed": bool(ok), "unit": "mm (worst node outside the lumen)",
+           "passed": bool(ok), "unit": "mm (worst node outside the lumen, its ostia rounded as the contact has them)",
            "workload": f"{seconds:g} s of seeded random hub inputs at full speed (seed {seed}), 5F catheter "
                        f"over a 0.035 in wire from the right femoral artery",
            "wall_s": round(time.perf_counter() - t0, 2), "divergence": error}

@@ -85,10 +85,12 @@ PROBE_DEEPER_MM = 20.0  # once in, the wire goes this much further before the ca
 PROBE_FOLLOW_MM = 40.0  # then catheter and wire go up the branch together this far
 STALL_PULSES = 20  # pushing this many pulses (1 s) ...
 STALL_MM = 3.0  # ... with the tip seen to go less than this far along the roadmap: it is stuck
+HOOK_PAST_MM = 15.0  # a hook takes the tip this far past the ostium before it is aimed and pulled back
 HOOK_SPIN_DEG_S = 360.0  # a hooked wire is pushed up the branch turning at this rate
 RETRY_SKIPS = (0, 1, 3, 2)  # quarter turns past the best aim, by retry at one place
 STALL_BACK_MM = 10.0  # then the tip is pulled back this far along the roadmap and aimed again
 CROSS_MM = 10.0  # a microwire crossing a junction alone must be seen this far past it
+CROSS_GOAL_MM = 20.0  # a goal this close past the last junction is reached by the microwire alone
 CROSS_TRIES = 3  # pushes of the microwire alone across a junction before the stack goes on as one
 FOLD_OUT_MM = 10.0  # a lead seen turned back is pulled back to this far out of its catheter
 
@@ -346,7 +348,7 @@ class _Operator:
         spinning.
         Returns True when the tip is seen going up the branch after the push."""
         s, _ = self.where()
-        self.advance_by(max(j - s, 0.0) + 15.0)
+        self.advance_by(max(j - s, 0.0) + HOOK_PAST_MM)
         self.aim(j, skip=skip, along=True)
         win = (j - self.s - 25.0, j - self.s + 30.0)
         s0 = self.s
@@ -503,9 +505,11 @@ class _Operator:
         self.log.append(f"t={self.st.time_s:.2f}s the wire did not catch the branch at {j:.0f} mm on a hook")
         return False
 
-    def _cross_alone(self, j: float) -> bool:
+    def _cross_alone(self, j: float, past_mm: float = CROSS_MM) -> bool:
         """Take the microwire alone across the junction at ``j``, its catheters held, then bring
         the microcatheter up over it (the wire leads, the catheter follows, junction by junction).
+        The wire is seen across when ``past_mm`` past the junction (``CROSS_MM``, or as far as the
+        goal when it lies just beyond the last junction).
 
         The wire is pushed at 10 mm/s until its tip is seen ``CROSS_MM`` past the junction on
         the roadmap; seen off it, or turned back, it is pulled back to where it started, aimed
@@ -519,12 +523,12 @@ class _Operator:
         ok = False
         for _ in range(CROSS_TRIES):
             start = self.lead.inserted_mm
-            while self.lead.inserted_mm - start < LEAD_MM + CROSS_MM + 10.0:
+            while self.lead.inserted_mm - start < LEAD_MM + past_mm + 10.0:
                 self.pulse(10.0)
                 s2, off = self.where((-20.0, 40.0))
                 if off or self._turned_back():
                     break
-                if s2 > j + CROSS_MM:
+                if s2 > j + past_mm:
                     ok = True
                     break
             if ok:
@@ -655,7 +659,11 @@ class _Operator:
                 else:
                     self.aim(nxt)
                     if self.lead.spec.kind == "microwire" and self.lead_index > 0:
-                        self._cross_alone(nxt)
+                        # the goal just past the last junction: the wire alone goes on to it (the
+                        # stack pushed on behind a wire 10 mm into the M1 sent the microcatheter
+                        # into the ophthalmic artery and the wire back out of the M1, type II)
+                        last = goal - nxt <= CROSS_GOAL_MM and not [x for x in pending[1:] if x < goal]
+                        self._cross_alone(nxt, max(CROSS_MM, goal - nxt + 0.5) if last else CROSS_MM)
                 pending.pop(0)
                 continue
             near = nxt is not None and s > nxt - LEAD_MM - 15.0
