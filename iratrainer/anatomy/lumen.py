@@ -91,11 +91,12 @@ def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
 
 
 @nb.njit(cache=True)
-def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
+def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, cell_multi, a, d, len2, ra, dr,
                     seg_branch, branch_parent, out_sd2):  # pragma: no cover - numba
     """For each point whose own lumen depth is shallower than ``limit`` (``sd > -limit``): the
     signed distance to the nearest segment of the parent or of a child of its own vessel
-    (``inf`` when none is among the cell's candidates)."""
+    (``inf`` when none is among the cell's candidates; cells whose candidates all belong to
+    one vessel, ``cell_multi`` False, are not searched)."""
     n = pts.shape[0]
     nx, ny, nz = dims[0], dims[1], dims[2]
     for i in range(n):
@@ -110,6 +111,8 @@ def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, a
         if not (0 <= ix < nx and 0 <= iy < ny and 0 <= iz < nz):
             continue
         c = (ix * ny + iy) * nz + iz
+        if not cell_multi[c]:
+            continue
         best = np.inf
         for k in range(cell_start[c], cell_start[c + 1]):
             s = cand[k]
@@ -184,6 +187,7 @@ class LumenIndex:
         self.band = float(band_mm)
         self._seg_branch: np.ndarray | None = None
         self._branch_parent: np.ndarray | None = None
+        self._cell_multi = np.zeros(0, dtype=np.bool_)
         self._build()
 
     def _build(self) -> None:
@@ -264,11 +268,20 @@ class LumenIndex:
             self._seg_branch = np.ascontiguousarray(tree.seg_branch, dtype=np.int64)
             self._branch_parent = np.array([-1 if b.parent is None else tree.index(b.parent) for b in tree.branches],
                                            dtype=np.int64)
+            # the cells whose candidates come from more than one vessel (near junctions)
+            multi = np.zeros(len(self.cell_start) - 1, dtype=np.bool_)
+            nonempty = np.nonzero(np.diff(self.cell_start) > 0)[0]
+            if len(nonempty):
+                br = self._seg_branch[self.cand]
+                starts = self.cell_start[nonempty]
+                multi[nonempty] = np.minimum.reduceat(br, starts) != np.maximum.reduceat(br, starts)
+            self._cell_multi = multi
         p = np.ascontiguousarray(np.atleast_2d(np.asarray(points_mm, dtype=np.float64)))
         out = np.empty(len(p), np.float64)
         _related_kernel(p, np.ascontiguousarray(segment, dtype=np.int64),
                         np.ascontiguousarray(signed_distance_mm, dtype=np.float64), float(limit_mm), self.origin,
-                        self.cell, self.dims, self.cell_start, self.cand, self.a, self.d, self.len2, self.ra, self.dr,
+                        self.cell, self.dims, self.cell_start, self.cand, self._cell_multi, self.a, self.d, self.len2,
+                        self.ra, self.dr,
                         self._seg_branch, self._branch_parent, out)
         return out
 
