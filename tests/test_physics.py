@@ -471,7 +471,7 @@ def _t_junction():
 def test_the_rim_of_an_ostium_is_found_from_both_vessels():
     """``related_depth``: a point at the rim where the branch meets the roof of its parent is
     at the wall of both; a point in the middle of the branch, or low in the parent far from
-    the branch, is not near the other vessel's lumen."""
+    the branch, is not near the other vessel's lumen; at a flow divider the sibling counts."""
     tree = _t_junction()
     pts = np.array([[4.1, 0.0, 10.3],  # just outside the rim, nearer the branch's wall
                     [0.0, 0.0, 30.0],  # up the branch, on its axis
@@ -482,6 +482,14 @@ def test_the_rim_of_an_ostium_is_found_from_both_vessels():
     assert related[0] == pytest.approx(0.3, abs=0.02)  # 0.3 mm above the roof of the parent
     assert related[1] == np.inf  # 30 mm up, deeper than the limit in its own vessel: not asked
     assert related[2] == np.inf  # the parent's floor: no branch among its candidates
+    # the flow divider of a bifurcation: 4 mm above it, between two daughters of radius 2 mm
+    # leaving at ±35 degrees, a point is 4 sin 35° - 2 = 0.29 mm outside each of the two
+    y = _y_tree()
+    p = np.array([[0.0, 0.0, 4.0]])
+    qy = y.query(p)
+    assert y.labels[qy.branch[0]] in ("LEFT", "RIGHT")
+    rel = y.lumen_index.related_depth(p, qy.segment, qy.signed_distance_mm, 3.0)
+    assert rel[0] == pytest.approx(4.0 * math.sin(math.radians(35.0)) - 2.0, abs=1e-9)
 
 
 def test_a_wire_tip_hooked_in_an_ostium_comes_out_over_its_rim():

@@ -94,7 +94,7 @@ def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
 def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, cell_multi, a, d, len2, ra, dr,
                     seg_branch, branch_parent, out_sd2):  # pragma: no cover - numba
     """For each point whose own lumen depth is shallower than ``limit`` (``sd > -limit``): the
-    signed distance to the nearest segment of the parent or of a child of its own vessel
+    signed distance to the nearest segment of the parent, a child or a sibling of its own vessel
     (``inf`` when none is among the cell's candidates; cells whose candidates all belong to
     one vessel, ``cell_multi`` False, are not searched)."""
     n = pts.shape[0]
@@ -117,7 +117,8 @@ def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, c
         for k in range(cell_start[c], cell_start[c + 1]):
             s = cand[k]
             b = seg_branch[s]
-            if b == own or not (branch_parent[b] == own or branch_parent[own] == b):
+            if b == own or not (branch_parent[b] == own or branch_parent[own] == b
+                                or (branch_parent[b] == branch_parent[own] and branch_parent[b] >= 0)):
                 continue
             v, _t = _seg_sd(px, py, pz, a[s, 0], a[s, 1], a[s, 2],
                             d[s, 0], d[s, 1], d[s, 2], len2[s], ra[s], dr[s])
@@ -259,9 +260,10 @@ class LumenIndex:
 
         ``segment`` and ``signed_distance_mm`` are the points' own query (:meth:`query`); for a
         point whose own depth is shallower than ``limit_mm``, the distance to the nearest
-        segment of its vessel's parent or of one of its children (``inf`` elsewhere, and where
-        that vessel is not among the point's grid candidates). Near the rim of an ostium both
-        are small: the point is at the edge where the two tubes meet.
+        segment of its vessel's parent, of one of its children or of a sibling (another child
+        of its parent, as at a bifurcation's flow divider; ``inf`` elsewhere, and where that
+        vessel is not among the point's grid candidates). Near the rim of an ostium both are
+        small: the point is at the edge where the two tubes meet.
         """
         if self._branch_parent is None:
             tree = self.tree
