@@ -511,7 +511,7 @@ class _Operator:
         The wire is seen across when ``past_mm`` past the junction (``CROSS_MM``, or as far as the
         goal when it lies just beyond the last junction).
 
-        The wire is pushed at 10 mm/s until its tip is seen ``CROSS_MM`` past the junction on
+        The wire is pushed at 10 mm/s until its tip is seen ``past_mm`` past the junction on
         the roadmap; seen off it, or turned back, it is pulled back to where it started, aimed
         again and pushed again (``CROSS_TRIES`` in all). Pushed as one with the stack, the
         wire 25 mm out of the microcatheter met the dome of the carotid terminus, folded back
@@ -662,7 +662,7 @@ class _Operator:
                         # the goal just past the last junction: the wire alone goes on to it (the
                         # stack pushed on behind a wire 10 mm into the M1 sent the microcatheter
                         # into the ophthalmic artery and the wire back out of the M1, type II)
-                        last = goal - nxt <= CROSS_GOAL_MM and not [x for x in pending[1:] if x < goal]
+                        last = goal - nxt <= CROSS_GOAL_MM and len(pending) == 1  # pending: junctions short of the goal
                         self._cross_alone(nxt, max(CROSS_MM, goal - nxt + 0.5) if last else CROSS_MM)
                 pending.pop(0)
                 continue
