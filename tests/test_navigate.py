@@ -37,6 +37,30 @@ def test_the_roadmap_knows_its_junctions_and_which_branches_leave_backwards():
         assert min(abs(np.array(route.junctions) - s)) < 0.5, side
 
 
+def test_the_roadmap_of_a_simmons_goes_down_to_the_valve_and_back_up_to_the_arch_vessels():
+    """Type III: the way up goes round the arch and down the ascending aorta to the valve,
+    past the arch vessels (side branches, none to hook); from the valve the left common
+    carotid leaves forwards (no hook), after the brachiocephalic trunk."""
+    tree = build_atlas(AtlasParams(arch="III"))
+    planes = [frontal(), lateral()]
+    up = _Route(tree, "R_CFA", tree.root, planes)
+    assert np.linalg.norm(up.pts[-1] - tree[tree.root].points_mm[0]) < 1e-9  # the valve
+    assert tree.labels[int(up.lab[-1])] == tree.root and not up.hooks
+    for side in ("BCT", "L_CCA", "L_SCA"):
+        j = tree["AO_ARCH"].points_mm[tree[side].parent_index]
+        s = up.arc[int(np.argmin(np.linalg.norm(up.pts - j, axis=1)))]
+        assert min(abs(np.array(up.side_branches) - s)) < 0.5, side
+    down = _Route(tree, tree.root, "L_MCA_M1", planes)
+    labels = [tree.labels[i] for i in down.lab]
+    assert labels[0] == tree.root and labels[-1] == "L_MCA_M1"
+    k = int(np.argmax(np.array(labels) == "L_CCA"))
+    s_lcca = down.arc[k - 1]
+    assert all(abs(h - s_lcca) > 3.0 for h in down.hooks)
+    j = tree["AO_ARCH"].points_mm[tree["BCT"].parent_index]
+    s_bct = down.arc[int(np.argmin(np.linalg.norm(down.pts - j, axis=1)))]
+    assert min(down.side_branches) == pytest.approx(s_bct, abs=0.5) and s_bct < s_lcca
+
+
 def test_the_roadmap_locates_a_projected_tip():
     tree = build_atlas()
     route = _Route(tree, "R_CFA", "L_ICA", [frontal(), lateral()])
@@ -60,27 +84,35 @@ def test_navigate_command_rejects_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["I", "II"])
+@pytest.mark.parametrize("arch", ["I", "II", "III"])
 def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path, arch):
-    """Arch types I and II, hub inputs only: the vertebral catheter over the 0.035 wire up the
-    aorta (the contralateral iliac aimed past), the wire hooked into the left common carotid
-    with the catheter waiting behind it, or probed from the parked catheter (type II, whose
-    LCCA leaves the slope of a taller arch), the catheter up over the wire to the internal
-    carotid; the exchange; then the microwire leading the 6F and the microcatheter, crossing
-    the junctions alone, round the siphon into the M1 (~2.5 min of computing each). The
+    """Arch types I, II and III, hub inputs only. I and II: the vertebral catheter over the
+    0.035 wire up the aorta (the contralateral iliac aimed past), the wire hooked into the
+    left common carotid with the catheter waiting behind it, or probed from the parked
+    catheter (type II, whose LCCA leaves the slope of a taller arch), the catheter up over
+    the wire to the internal carotid. III: the Simmons 2 over the wire round the arch and
+    up the ascending aorta, formed against the valve, drawn back tip first to just short of
+    the arch vessels, and the wire out of it up the LCCA to the internal carotid. Then the
+    exchange, and the microwire leading the 6F and the microcatheter, crossing the
+    junctions alone, round the siphon into the M1 (~2.5-4.5 min of computing each). The
     tip may end a little past the M1, in one of its branches."""
     out = tmp_path / "nav"
     assert main(["navigate", "--arch", arch, "--target", "L_MCA_M1", "--out", str(out)]) == 0
     res = json.loads((out / "result.json").read_text())
     assert res["reached"] is True and res["outcome"] == "reached"
     assert res["tip_branch"] in build_atlas(AtlasParams(arch=arch)).subtree("L_MCA_M1")
-    assert res["stack"] == ["vertebral_5F", "guidewire_035_angled", "intermediate_6F", "microcatheter_021",
-                            "microwire_014"]
+    catheter = "simmons2_5F" if arch == "III" else "vertebral_5F"
+    assert res["stack"] == [catheter, "guidewire_035_angled", "intermediate_6F", "microcatheter_021", "microwire_014"]
     assert 0 < res["sim_time_s"] < 300
     assert res["path_length_mm"] > 1000  # femoral to M1 is ~960 mm along the route
     log = "\n".join(res["log"])
-    for stage in ("aim before the junction", "the wire went up the branch", "exchange over a wire"):
+    if arch == "III":
+        stages = ("its loop formed", "the formed catheter drawn back", "up the vessel it selected from the formed "
+                  "catheter", "exchange over a wire", "in along the roadmap up to the wire")
+    else:
+        stages = ("aim before the junction", "the wire went up the branch", "exchange over a wire")
+        assert "the catheter went up the branch over the wire" in log or "catheter and wire went up the branch" in log
+    for stage in stages:
         assert stage in log, stage
-    assert "the catheter went up the branch over the wire" in log or "catheter and wire went up the branch" in log
     # reported, not yet bounded: contact-penalty spikes at ostia and bends (docs/physics.md)
     assert np.isfinite(res["max_wall_force_n"]) and res["max_wall_force_n"] > 0

@@ -29,6 +29,14 @@ What the operator does:
   parked just short of the ostium. Without a shaped catheter the lead itself is hooked.
   Where the vessel ends in its branches (the carotid terminus) there is no going past:
   the branch is aimed at like any junction.
+* **form a Simmons** (a reverse-curve catheter, type III): the arch vessels leave the
+  steep ascending side of a tall arch, backwards from the descending aorta. The wire-led
+  stack goes on round the arch and up the ascending aorta; the wire is drawn back and the
+  catheter pushed against the valve until its tip is seen turned back (the loop formed);
+  it is then drawn back, tip first, to just short of the first arch vessel. From its tip
+  the arch vessels lie ahead, and the wire goes out of it and selects the vessel as at any
+  junction; if it has not within a minute, it comes back inside and the catheter is drawn
+  on to the next parking. The exchange is then made over the wire.
 * **wire first** (the distal stack): at each junction the aimed microwire goes across
   alone, its catheters held, then the microcatheter is brought up over it.
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
@@ -93,6 +101,19 @@ CROSS_MM = 10.0  # a microwire crossing a junction alone must be seen this far p
 CROSS_GOAL_MM = 20.0  # a goal this close past the last junction is reached by the microwire alone
 CROSS_TRIES = 3  # pushes of the microwire alone across a junction before the stack goes on as one
 FOLD_OUT_MM = 10.0  # a lead seen turned back is pulled back to this far out of its catheter
+#: a reverse-curve catheter (Simmons) is one with a curve of more than this (degrees)
+REVERSE_CURVE_DEG = 150.0
+SIMMONS_VALVE_MM = 40.0  # the wire-led stack goes up the ascending aorta to this far above the valve
+SIMMONS_WIRE_BACK_MM = 200.0  # the wire is then drawn back this far, out of the catheter's curves
+SIMMONS_PUSH_MAX_MM = 500.0  # the catheter is pushed on against the valve at most this far to form its loop
+SIMMONS_SEAT_MM = 60.0  # and this much further once its tip is seen turned back (the loop formed)
+SIMMONS_UNLOAD_MM = 10.0  # then drawn back this far, to take the push out of the shaft
+#: the formed catheter is drawn back until its tip is this far short of the first arch branch
+#: (negative: past it), one parking after the other while the wire fails to take the vessel
+SIMMONS_PARK_MM = (18.0, 8.0, -2.0, -12.0)
+SIMMONS_PARKING_S = 60.0  # simulated time the wire is given at one parking before the catheter is moved on
+SIMMONS_MOUTH_MM = 40.0  # the wire is seen this far into the selected vessel before it goes on with every try
+SIMMONS_WIRE_IN_MM = 100.0  # between parkings the wire waits this far inside the catheter (out of its loop)
 
 
 @dataclass
@@ -129,10 +150,16 @@ class _Route:
         if target != start and target in tree.ancestors(start):
             # a vessel upstream of the access (the aorta from the groin): climb it to its start
             pts, rad, lab = tree.path_polyline(start, tree.root, with_labels=True)
+            if target == tree.root:  # on down the root vessel (the ascending aorta) to its start (the valve)
+                b = tree[target]
+                pts = np.vstack([pts, b.points_mm[-2::-1]])
+                rad = np.concatenate([rad, b.radii_mm[-2::-1]])
+                lab = np.concatenate([lab, np.full(len(b.points_mm) - 1, tree.index(target))])
             last = int(np.nonzero(lab == tree.index(target))[0][-1])
             pts, rad, lab = pts[:last + 1], rad[:last + 1], lab[:last + 1]
         else:
             pts, rad, lab = tree.path_polyline(start, target, with_labels=True)
+        self.start = start
         self.pts, self.rad, self.lab = pts, rad, lab
         self.arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
         self.planes = planes
@@ -148,6 +175,8 @@ class _Route:
             k = int(np.argmin(np.linalg.norm(pts - j, axis=1)))
             if np.linalg.norm(pts[k] - j) < 1.0 and b.radii_mm[0] > 0.6:
                 junctions.append(float(self.arc[k]))
+        #: where a side branch leaves the route (not where the route changes vessel), mm
+        self.side_branches = sorted(set(round(s, 1) for s in junctions))
         # where the route leaves a vessel for one of its branches, the alternative is to go on
         # along that vessel
         change = np.nonzero(np.diff(lab) != 0)[0]
@@ -703,6 +732,144 @@ class _Operator:
                 tries = 0
 
 
+def _reverse_curve(spec: object) -> bool:
+    """True for a reverse-curve catheter (Simmons): one of its curves turns more than ``REVERSE_CURVE_DEG``."""
+    return any(abs(c.angle_deg) > REVERSE_CURVE_DEG for c in getattr(spec, "curves", ()))
+
+
+def _hand_over(old: _Operator, new: _Operator) -> _Operator:
+    """The same hands and eyes on another roadmap: carry the log and the tallies over."""
+    new.log, new.attempts = old.log, old.attempts
+    new.path_length, new.max_force = old.path_length, old.max_force
+    return new
+
+
+def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.Generator, max_sim_s: float,
+                  max_attempts: int) -> tuple[_Operator, str]:
+    """Form a reverse-curve (Simmons) catheter against the aortic valve and draw it back, tip
+    first, to just short of the arch vessels (steps 1-3 of :func:`_simmons`).
+
+    Returns the operator on the roadmap from the valve to ``target``, the catheter leading
+    (the wire waiting inside it), and "reached" when the loop was seen formed and the tip
+    parked; "gave_up" otherwise (TimeoutError past the time limit).
+    """
+    st = op.st
+    planes = op.route.planes
+    cath, wire = st.rods[0], st.rods[-1]
+    up = _hand_over(op, _Operator(st, _Route(tree, op.route.start, tree.root, planes), list(op.offsets), rng,
+                                  max_sim_s, max_attempts))
+    outcome = up.run(float(up.route.arc[-1]) - SIMMONS_VALVE_MM)
+    route = _Route(tree, tree.root, target, planes)
+    asc = _hand_over(up, _Operator(st, route, [0.0, 0.0], rng, max_sim_s, max_attempts))
+    if outcome != "reached":
+        return asc, outcome
+    up.log.append(f"t={st.time_s:.2f}s {cath.name} up the ascending aorta: the wire drawn back "
+                  f"{SIMMONS_WIRE_BACK_MM:.0f} mm, the catheter pushed on against the valve to form its loop")
+    up.set_lead(len(st.rods) - 1, [None] * len(st.rods))
+    up.advance_by(-SIMMONS_WIRE_BACK_MM, 20.0)
+    gap = wire.inserted_mm - cath.inserted_mm
+    up.set_lead(0, [0.0, gap])
+    start = cath.inserted_mm
+    seen_at = None
+    while cath.inserted_mm - start < SIMMONS_PUSH_MAX_MM:
+        up.pulse(10.0)
+        up.where((-40.0, 10.0))
+        if seen_at is None and up._turned_back():
+            seen_at = cath.inserted_mm
+            up.log.append(f"t={st.time_s:.2f}s the catheter's tip is seen turned back after "
+                          f"{seen_at - start:.0f} mm of push: its loop formed")
+        if seen_at is not None and cath.inserted_mm - seen_at >= SIMMONS_SEAT_MM:
+            break
+    asc = _hand_over(up, asc)
+    if seen_at is None:
+        asc.log.append(f"t={st.time_s:.2f}s the loop did not form in {SIMMONS_PUSH_MAX_MM:.0f} mm of push")
+        return asc, "gave_up"
+    # from the valve: the formed catheter's tip, and the wire out of it, go with the flow
+    asc.set_lead(0, [0.0, gap])
+    asc.s = 0.0
+    asc.where((0.0, 120.0))
+    asc.advance_by(-SIMMONS_UNLOAD_MM, 5.0)
+    _park_simmons(asc, SIMMONS_PARK_MM[0])
+    return asc, "reached"
+
+
+def _park_simmons(asc: _Operator, short_mm: float) -> None:
+    """Draw the formed catheter (the lead) back at 5 mm/s, tip first, until its tip is seen
+    ``short_mm`` short of the first side branch on the roadmap from the valve."""
+    route, st = asc.route, asc.st
+    first = min(route.side_branches, default=float(route.arc[-1]))
+    for _ in range(int(400.0 / (5.0 * PULSE_STEPS * st.dt))):
+        s_c, _ = asc.where((-20.0, 40.0))
+        if s_c >= first - short_mm:
+            break
+        asc.pulse(-5.0)
+    asc.log.append(f"t={st.time_s:.2f}s the formed catheter drawn back, its tip seen at {asc.s:.0f} mm from the "
+                   f"valve ({first - asc.s:.0f} mm short of the first arch branch)")
+
+
+def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_past_mm: float,
+             rng: np.random.Generator, max_sim_s: float, max_attempts: int) -> tuple[_Operator, str]:
+    """Select an arch vessel that leaves backwards with a reverse-curve (Simmons) catheter.
+
+    The catheter is formed against the aortic valve, then its wire goes on from its tip, to
+    which the arch vessels now lie ahead:
+
+    1. The wire-led stack goes round the arch and up the ascending aorta to
+       ``SIMMONS_VALVE_MM`` above the valve (the roadmap of an arch run, root included).
+    2. The wire is drawn back ``SIMMONS_WIRE_BACK_MM``, out of the catheter's curves, and the
+       catheter is pushed on: its tip meets the valve, the shaft prolapses and the loop forms,
+       its tip turned back up the ascending aorta. The operator sees the tip turned back on
+       both planes and pushes ``SIMMONS_SEAT_MM`` more.
+    3. The catheter is drawn back ``SIMMONS_UNLOAD_MM`` (the push out of its shaft), then on,
+       tip first, until its tip is seen ``SIMMONS_PARK_MM`` short of the first arch branch.
+    4. The wire goes out of its tip and on to ``goal_past_mm`` into ``goal_name``, the catheter
+       held: from here the arch vessels leave forwards, and are aimed at like any junction.
+
+    Returns the operator on the roadmap from the valve to ``target`` and its outcome
+    ("reached", "gave_up"; TimeoutError past the time limit).
+    """
+    asc, outcome = _form_simmons(op, tree, target, rng, max_sim_s, max_attempts)
+    if outcome != "reached":
+        return asc, outcome
+    st, route = asc.st, asc.route
+    cath, wire = st.rods[0], st.rods[-1]
+    goal = float(route.arc[np.argmax(route.lab == tree.index(goal_name))]) + goal_past_mm
+    # the vessel that leaves the arch: where the route changes vessel past the first side branch
+    first = min(route.side_branches, default=float(route.arc[-1]))
+    leave = min((j for j in route.junctions if j > first and j not in route.side_branches), default=goal)
+    for k, short in enumerate(SIMMONS_PARK_MM):
+        if k:
+            # the wire back inside, out of the loop; the catheter drawn on to the next parking
+            asc.set_lead(len(st.rods) - 1, [None, 0.0])
+            asc.advance_by(cath.inserted_mm - wire.inserted_mm - SIMMONS_WIRE_IN_MM, 40.0)
+            asc.set_lead(0, [0.0, wire.inserted_mm - cath.inserted_mm])
+            asc.s = 0.0
+            asc.where((0.0, float(route.arc[-1])))
+            _park_simmons(asc, short)
+        # the wire out of the held catheter, then on: first into the vessel's mouth, a few tries
+        asc.set_lead(len(st.rods) - 1, [None, 0.0])
+        asc.advance_by(cath.inserted_mm - wire.inserted_mm - 5.0, 40.0)
+        asc.s = 0.0
+        asc.where((0.0, float(route.arc[-1])))
+        deadline = asc.max_sim_s
+        asc.max_sim_s = min(deadline, st.time_s + SIMMONS_PARKING_S)
+        try:
+            outcome = asc.run(min(leave + SIMMONS_MOUTH_MM, goal))
+        except TimeoutError:
+            if st.time_s > deadline:
+                raise
+            outcome = "gave_up"
+            asc.log.append(f"t={st.time_s:.2f}s the wire has not taken the vessel in {SIMMONS_PARKING_S:.0f} s "
+                           f"(parking {k + 1})")
+        finally:
+            asc.max_sim_s = deadline
+        if outcome == "reached":
+            asc.log.append(f"t={st.time_s:.2f}s the wire is seen {SIMMONS_MOUTH_MM:.0f} mm up the vessel it "
+                           f"selected from the formed catheter (parking {k + 1})")
+            return asc, asc.run(goal)
+    return asc, outcome
+
+
 def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s: float = 300.0,
              max_attempts: int = 6, progress: Callable[[str], None] | None = None) -> NavigateResult:
     """Navigate the rod physics from the right femoral sheath to ``target`` (see the module docstring).
@@ -743,16 +910,32 @@ def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s
         if neck is not None:
             neck_goal = float(route.arc[np.argmax(route.lab == tree.index(neck))]) + NECK_MM
         final = min(route.target_arc + route.depth(route.target_arc), float(route.arc[-1]) - 2.0)
-        outcome = op.run(min(neck_goal, final), catheter=0)
+        simmons = _reverse_curve(specs[0]) and bool(route.hooks) and neck is not None
+        if simmons:
+            op, outcome = _simmons(op, tree, target, str(neck), NECK_MM, rng, max_sim_s, max_attempts)
+        else:
+            outcome = op.run(min(neck_goal, final), catheter=0)
         if outcome == "reached" and neck is not None:
-            # exchange: the diagnostic catheter's shape is the way in for the distal stack
             cath = st.rods[0]
-            way = cath.x[:-1][::-1]
-            ins = cath.inserted_mm
+            if simmons:
+                # exchange over the wire: the Simmons out, the wire's redundant loop in the
+                # ascending aorta drawn out as the wire is held, the new devices in along the
+                # shortest way up to the wire (the roadmap's centreline), 20 mm short of its tip
+                k0 = int(np.argmax(route.lab == tree.index(neck)))
+                k1 = int(np.argmax(op.route.lab == tree.index(neck)))
+                s_wire = op.s - float(op.route.arc[k1]) + float(route.arc[k0])
+                ins = s_wire - 20.0
+                way = route.pts[:int(np.searchsorted(route.arc, ins)) + 2]
+                op.s = ins
+            else:
+                # exchange: the diagnostic catheter's shape is the way in for the distal stack
+                way = cath.x[:-1][::-1]
+                ins = cath.inserted_mm
             path_length, max_force = op.path_length, op.max_force
             events = list(st.events)
             op.log.append(f"t={st.time_s:.2f}s exchange over a wire: {cath.name} and the 0.035 wire out, "
-                          + ", ".join(n for n, _ in DISTAL_STACK) + " in along the catheter's shape")
+                          + ", ".join(n for n, _ in DISTAL_STACK)
+                          + (" in along the roadmap up to the wire" if simmons else " in along the catheter's shape"))
             distal = [cat[n] for n, _ in DISTAL_STACK]
             distal[-1] = distal[-1].with_tip_shape(45.0, length_mm=4.0, start_mm=2.0)
             st2 = DeviceStack(tree, distal, inserted_mm=[ins + o for _, o in DISTAL_STACK], path_mm=way)
