@@ -257,6 +257,7 @@ class _Operator:
         self.log: list[str] = []
         self._last_tip = self.lead.x[0].copy()
         self._retries: dict[int, int] = {}  # retries so far per 10 mm of the route (see _skip)
+        self.successor: _Operator | None = None  # the operator this one handed over to (another roadmap)
 
     def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
         """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
@@ -741,7 +742,15 @@ def _hand_over(old: _Operator, new: _Operator) -> _Operator:
     """The same hands and eyes on another roadmap: carry the log and the tallies over."""
     new.log, new.attempts = old.log, old.attempts
     new.path_length, new.max_force = old.path_length, old.max_force
+    old.successor = new
     return new
+
+
+def _latest(op: _Operator) -> _Operator:
+    """The operator at the end of ``op``'s chain of hand-overs (whose tallies are the run's)."""
+    while op.successor is not None:
+        op = op.successor
+    return op
 
 
 def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.Generator, max_sim_s: float,
@@ -955,6 +964,7 @@ def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s
     except PhysicsError as exc:
         outcome = "diverged"
         op.log.append(str(exc))
+    op = _latest(op)
     tip_branch = st.tip_branch()
     downstream = target not in tree.ancestors("R_CFA")  # else the subtree holds the way in itself
     reached = outcome == "reached" and (tip_branch == target or (downstream and tip_branch in tree.subtree(target)))
