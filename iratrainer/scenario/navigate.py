@@ -830,9 +830,13 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
        its tip turned back up the ascending aorta. The operator sees the tip turned back on
        both planes and pushes ``SIMMONS_SEAT_MM`` more.
     3. The catheter is drawn back ``SIMMONS_UNLOAD_MM`` (the push out of its shaft), then on,
-       tip first, until its tip is seen ``SIMMONS_PARK_MM`` short of the first arch branch.
-    4. The wire goes out of its tip and on to ``goal_past_mm`` into ``goal_name``, the catheter
-       held: from here the arch vessels leave forwards, and are aimed at like any junction.
+       tip first, until its tip is seen the first of ``SIMMONS_PARK_MM`` short of the first
+       arch branch.
+    4. The wire goes out of its tip, the catheter held: from here the arch vessels leave
+       forwards, and are aimed at like any junction. Seen ``SIMMONS_MOUTH_MM`` into the
+       vessel the route takes within ``SIMMONS_PARKING_S``, it goes on to ``goal_past_mm``
+       into ``goal_name``; otherwise it comes back ``SIMMONS_WIRE_IN_MM`` inside the
+       catheter, the catheter is drawn on to the next parking, and the wire tries again.
 
     Returns the operator on the roadmap from the valve to ``target`` and its outcome
     ("reached", "gave_up"; TimeoutError past the time limit).
@@ -855,7 +859,8 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
             asc.s = 0.0
             asc.where((0.0, float(route.arc[-1])))
             _park_simmons(asc, short)
-        # the wire out of the held catheter, then on: first into the vessel's mouth, a few tries
+        # the wire out of the held catheter, then on: first into the vessel the route takes, within
+        # SIMMONS_PARKING_S of simulated time
         asc.set_lead(len(st.rods) - 1, [None, 0.0])
         asc.advance_by(cath.inserted_mm - wire.inserted_mm - 5.0, 40.0)
         asc.s = 0.0
