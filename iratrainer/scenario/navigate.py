@@ -760,7 +760,8 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
 
     Returns the operator on the roadmap from the valve to ``target``, the catheter leading
     (the wire waiting inside it), and "reached" when the loop was seen formed and the tip
-    parked; "gave_up" otherwise (TimeoutError past the time limit).
+    parked; otherwise the operator on the way up and "gave_up" (TimeoutError past the time
+    limit).
     """
     st = op.st
     planes = op.route.planes
@@ -768,10 +769,8 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
     up = _hand_over(op, _Operator(st, _Route(tree, op.route.start, tree.root, planes), list(op.offsets), rng,
                                   max_sim_s, max_attempts))
     outcome = up.run(float(up.route.arc[-1]) - SIMMONS_VALVE_MM)
-    route = _Route(tree, tree.root, target, planes)
-    asc = _hand_over(up, _Operator(st, route, [0.0, 0.0], rng, max_sim_s, max_attempts))
     if outcome != "reached":
-        return asc, outcome
+        return up, outcome
     up.log.append(f"t={st.time_s:.2f}s {cath.name} up the ascending aorta: the wire drawn back "
                   f"{SIMMONS_WIRE_BACK_MM:.0f} mm, the catheter pushed on against the valve to form its loop")
     up.set_lead(len(st.rods) - 1, [None] * len(st.rods))
@@ -789,11 +788,12 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
                           f"{seen_at - start:.0f} mm of push: its loop formed")
         if seen_at is not None and cath.inserted_mm - seen_at >= SIMMONS_SEAT_MM:
             break
-    asc = _hand_over(up, asc)
     if seen_at is None:
-        asc.log.append(f"t={st.time_s:.2f}s the loop did not form in {SIMMONS_PUSH_MAX_MM:.0f} mm of push")
-        return asc, "gave_up"
+        up.log.append(f"t={st.time_s:.2f}s the loop did not form in {SIMMONS_PUSH_MAX_MM:.0f} mm of push")
+        return up, "gave_up"
     # from the valve: the formed catheter's tip, and the wire out of it, go with the flow
+    route = _Route(tree, tree.root, target, planes)
+    asc = _hand_over(up, _Operator(st, route, [0.0, gap], rng, max_sim_s, max_attempts))
     asc.set_lead(0, [0.0, gap])
     asc.s = 0.0
     asc.where((0.0, 120.0))
