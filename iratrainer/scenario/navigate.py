@@ -31,7 +31,7 @@ What the operator does:
   the branch is aimed at like any junction.
 * **form a Simmons** (a reverse-curve catheter, type III): the arch vessels leave the
   steep ascending side of a tall arch, backwards from the descending aorta. The wire-led
-  stack goes on round the arch and up the ascending aorta; the wire is drawn back and the
+  stack goes on round the arch and down the ascending aorta; the wire is drawn back and the
   catheter pushed against the valve until its tip is seen turned back (the loop formed);
   it is then drawn back, tip first, to just short of the first arch vessel. From its tip
   the arch vessels lie ahead, and the wire goes out of it and selects the vessel as at any
@@ -65,7 +65,7 @@ import numpy as np
 from iratrainer.anatomy.atlas import AtlasParams, build_atlas
 from iratrainer.anatomy.tree import VesselTree
 from iratrainer.imaging.geometry import CArmPlane, frontal, lateral
-from iratrainer.physics.catalogue import default_catalogue
+from iratrainer.physics.catalogue import DeviceSpec, default_catalogue
 from iratrainer.physics.stack import DeviceStack, HubCommand, PhysicsError
 
 __all__ = ["NavigateResult", "navigate", "ARCH_CATHETER", "DISTAL_STACK"]
@@ -103,7 +103,7 @@ CROSS_TRIES = 3  # pushes of the microwire alone across a junction before the st
 FOLD_OUT_MM = 10.0  # a lead seen turned back is pulled back to this far out of its catheter
 #: a reverse-curve catheter (Simmons) is one with a curve of more than this (degrees)
 REVERSE_CURVE_DEG = 150.0
-SIMMONS_VALVE_MM = 40.0  # the wire-led stack goes up the ascending aorta to this far above the valve
+SIMMONS_VALVE_MM = 40.0  # the wire-led stack goes down the ascending aorta to this far above the valve
 SIMMONS_WIRE_BACK_MM = 200.0  # the wire is then drawn back this far, out of the catheter's curves
 SIMMONS_PUSH_MAX_MM = 500.0  # the catheter is pushed on against the valve at most this far to form its loop
 SIMMONS_SEAT_MM = 60.0  # and this much further once its tip is seen turned back (the loop formed)
@@ -733,9 +733,9 @@ class _Operator:
                 tries = 0
 
 
-def _reverse_curve(spec: object) -> bool:
+def _reverse_curve(spec: DeviceSpec) -> bool:
     """True for a reverse-curve catheter (Simmons): one of its curves turns more than ``REVERSE_CURVE_DEG``."""
-    return any(abs(c.angle_deg) > REVERSE_CURVE_DEG for c in getattr(spec, "curves", ()))
+    return any(abs(c.angle_deg) > REVERSE_CURVE_DEG for c in spec.curves)
 
 
 def _hand_over(old: _Operator, new: _Operator) -> _Operator:
@@ -771,7 +771,7 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
     outcome = up.run(float(up.route.arc[-1]) - SIMMONS_VALVE_MM)
     if outcome != "reached":
         return up, outcome
-    up.log.append(f"t={st.time_s:.2f}s {cath.name} up the ascending aorta: the wire drawn back "
+    up.log.append(f"t={st.time_s:.2f}s {cath.name} in the ascending aorta: the wire drawn back "
                   f"{SIMMONS_WIRE_BACK_MM:.0f} mm, the catheter pushed on against the valve to form its loop")
     up.set_lead(len(st.rods) - 1, [None] * len(st.rods))
     up.advance_by(-SIMMONS_WIRE_BACK_MM, 20.0)
@@ -823,7 +823,7 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
     The catheter is formed against the aortic valve, then its wire goes on from its tip, to
     which the arch vessels now lie ahead:
 
-    1. The wire-led stack goes round the arch and up the ascending aorta to
+    1. The wire-led stack goes round the arch and down the ascending aorta to
        ``SIMMONS_VALVE_MM`` above the valve (the roadmap of an arch run, root included).
     2. The wire is drawn back ``SIMMONS_WIRE_BACK_MM``, out of the catheter's curves, and the
        catheter is pushed on: its tip meets the valve, the shaft prolapses and the loop forms,
@@ -873,14 +873,14 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
             if st.time_s > deadline:
                 raise
             outcome = "gave_up"
-            asc.log.append(f"t={st.time_s:.2f}s the wire has not taken the vessel in {SIMMONS_PARKING_S:.0f} s "
-                           f"(parking {k + 1})")
         finally:
             asc.max_sim_s = deadline
         if outcome == "reached":
             asc.log.append(f"t={st.time_s:.2f}s the wire is seen {SIMMONS_MOUTH_MM:.0f} mm up the vessel it "
                            f"selected from the formed catheter (parking {k + 1})")
             return asc, asc.run(goal)
+        asc.log.append(f"t={st.time_s:.2f}s the wire has not taken the vessel from parking {k + 1} "
+                       f"({SIMMONS_PARKING_S:.0f} s at most)")
     return asc, outcome
 
 
