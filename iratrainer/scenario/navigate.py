@@ -112,7 +112,7 @@ SIMMONS_UNLOAD_MM = 10.0  # then drawn back this far, to take the push out of th
 #: (negative: past it), one parking after the other while the wire fails to take the vessel
 SIMMONS_PARK_MM = (18.0, 8.0, -2.0, -12.0)
 SIMMONS_PARKING_S = 60.0  # simulated time the wire is given at one parking before the catheter is moved on
-SIMMONS_MOUTH_MM = 40.0  # the wire is seen this far into the selected vessel before it goes on with every try
+SIMMONS_MOUTH_MM = 40.0  # from a parking, the wire must be seen this far into the selected vessel; then on to the neck
 SIMMONS_WIRE_IN_MM = 100.0  # between parkings the wire waits this far inside the catheter (out of its loop)
 
 
