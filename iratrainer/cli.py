@@ -790,6 +790,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("iratrainer: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader stopped reading (``iratrainer bench | head -1``): stop quietly, and point
+        # stdout at nothing so that the interpreter's last flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a program killed by the closed pipe
 
 
 if __name__ == "__main__":  # pragma: no cover

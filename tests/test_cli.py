@@ -104,3 +104,16 @@ def test_bench_anatomy_prints_json_lines(capsys):
     assert "anatomy.lumen_distance" in names
     for r in rows:
         assert set(r) >= {"name", "value", "unit", "workload"} and r["value"] > 0
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """``iratrainer bench | head -1``: the closed pipe ends the command with 141 (128 + SIGPIPE)
+    and no traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "iratrainer", "bench", "anatomy", "--repeats", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout is not None and p.stderr is not None
+    first = p.stdout.readline()
+    p.stdout.close()  # the reader goes away after one line
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141
+    assert first.startswith(b"{") and "Traceback" not in err
