@@ -92,15 +92,16 @@ def _query_kernel(pts, origin, cell, dims, cell_start, cand, a, d, len2, ra, dr,
 
 @nb.njit(cache=True)
 def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, cell_multi, a, d, len2, ra, dr,
-                    seg_branch, branch_parent, out_sd2):  # pragma: no cover - numba
+                    seg_branch, branch_parent, out_sd2, out_seg2):  # pragma: no cover - numba
     """For each point whose own lumen depth is shallower than ``limit`` (``sd > -limit``): the
     signed distance to the nearest segment of the parent, a child or a sibling of its own vessel
     (``inf`` when none is among the cell's candidates; cells whose candidates all belong to
-    one vessel, ``cell_multi`` False, are not searched)."""
+    one vessel, ``cell_multi`` False, are not searched), and that segment (-1: none)."""
     n = pts.shape[0]
     nx, ny, nz = dims[0], dims[1], dims[2]
     for i in range(n):
         out_sd2[i] = np.inf
+        out_seg2[i] = -1
         if sd[i] <= -limit or seg[i] < 0:
             continue
         own = seg_branch[seg[i]]
@@ -124,6 +125,7 @@ def _related_kernel(pts, seg, sd, limit, origin, cell, dims, cell_start, cand, c
                             d[s, 0], d[s, 1], d[s, 2], len2[s], ra[s], dr[s])
             if v < best:
                 best = v
+                out_seg2[i] = s
         out_sd2[i] = best
 
 
@@ -255,7 +257,7 @@ class LumenIndex:
         return sd
 
     def related_depth(self, points_mm: np.ndarray, segment: np.ndarray, signed_distance_mm: np.ndarray,
-                      limit_mm: float) -> np.ndarray:
+                      limit_mm: float, with_segment: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """Signed distance (mm) of each point to the vessel joined to its own at a junction.
 
         ``segment`` and ``signed_distance_mm`` are the points' own query (:meth:`query`); for a
@@ -263,7 +265,8 @@ class LumenIndex:
         segment of its vessel's parent, of one of its children or of a sibling (another child
         of its parent, as at a bifurcation's flow divider; ``inf`` elsewhere, and where that
         vessel is not among the point's grid candidates). Near the rim of an ostium both are
-        small: the point is at the edge where the two tubes meet.
+        small: the point is at the edge where the two tubes meet. ``with_segment``: also return
+        that vessel's nearest segment per point (-1 where none).
         """
         if self._branch_parent is None:
             tree = self.tree
@@ -280,12 +283,13 @@ class LumenIndex:
             self._cell_multi = multi
         p = np.ascontiguousarray(np.atleast_2d(np.asarray(points_mm, dtype=np.float64)))
         out = np.empty(len(p), np.float64)
+        out_seg = np.empty(len(p), np.int64)
         _related_kernel(p, np.ascontiguousarray(segment, dtype=np.int64),
                         np.ascontiguousarray(signed_distance_mm, dtype=np.float64), float(limit_mm), self.origin,
                         self.cell, self.dims, self.cell_start, self.cand, self._cell_multi, self.a, self.d, self.len2,
                         self.ra, self.dr,
-                        self._seg_branch, self._branch_parent, out)
-        return out
+                        self._seg_branch, self._branch_parent, out, out_seg)
+        return (out, out_seg) if with_segment else out
 
     def query(self, points_mm: np.ndarray) -> LumenQuery:
         """Full query; see :meth:`iratrainer.anatomy.tree.VesselTree.query`."""

@@ -35,7 +35,8 @@ CONVERGED_MM = 0.02  # largest node step of a converged Gauss-Newton iteration (
 NO_LINKS = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3)),
             np.zeros(0), 0.0)
 #: the wall arguments of :func:`solve_chain_primal` for fixed planes (no cylinders)
-NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0))
+NO_CYLINDERS = (np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), np.zeros(0), np.zeros(0), np.zeros((0, 3)),
+                np.zeros((0, 3)), np.zeros(0), np.zeros(0), 0.0)
 #: no wall friction: (mu, stick stiffness, normal force per node, anchor per node)
 NO_FRICTION = (0.0, 0.0, np.zeros(0), np.zeros((0, 3)))
 #: no lagged edge tension (Gauss-Newton without the taut edges' geometric stiffness)
@@ -187,10 +188,21 @@ def _block_cholesky_solve(A, b, N, bw, Ld, L1, L2, inv):  # pragma: no cover - n
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
-def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d):  # pragma: no cover - numba
+def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, rel_a, rel_b, rel_ra, rel_rb, crest,
+                     c_n, c_d):  # pragma: no cover - numba
     """The tangent plane, at each node's position, of its wall cylinder (see
     :func:`solve_chain_primal`), closed by spheres before ``cyl_start`` and past ``cyl_end`` mm
-    along the axis; a node on the axis keeps the plane it had."""
+    along the axis; a node on the axis keeps the plane it had.
+
+    Where a node has a joined vessel's segment (``rel_a`` to ``rel_b``, radii ``rel_ra``,
+    ``rel_rb``; ``rel_ra = -inf``: none), the wall gives by ``A = crest · clip(2 - s/crest, 0, 1)``
+    where ``s`` is the node's signed distance to that segment's tube: the rim of the ostium
+    rounded off by ``crest`` mm, as :func:`iratrainer.physics.stack.rim_allowance`. The
+    constraint ``g = dist - rho - A <= 0`` is linearised at the current iterate (normal
+    ``∇g / |∇g|``), so the rounding moves with the node within the solve; where ``∇g`` nearly
+    vanishes (between two tubes facing each other, at a flow divider) the cylinder's normal is
+    kept and only ``A`` is taken at the iterate."""
+    has_rel = rel_ra.shape[0] == x.shape[0]
     for k in range(x.shape[0]):
         if not c_on[k] or w[k] == 0.0:
             continue
@@ -205,15 +217,46 @@ def _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c
         dist = np.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
         if dist < 1e-6:
             continue
-        c_n[k, 0], c_n[k, 1], c_n[k, 2] = d0 / dist, d1 / dist, d2 / dist
-        c_d[k] = (c_n[k, 0] * (cyl_c[k, 0] + along * a0) + c_n[k, 1] * (cyl_c[k, 1] + along * a1)
-                  + c_n[k, 2] * (cyl_c[k, 2] + along * a2)) + cyl_rho[k]
+        n0, n1, n2 = d0 / dist, d1 / dist, d2 / dist
+        give = 0.0
+        slope = False
+        r0 = r1 = r2 = 0.0
+        if has_rel and rel_ra[k] > -np.inf:
+            # the node's signed distance to the joined vessel's segment (a tapered tube)
+            e0 = rel_b[k, 0] - rel_a[k, 0]
+            e1 = rel_b[k, 1] - rel_a[k, 1]
+            e2 = rel_b[k, 2] - rel_a[k, 2]
+            q0 = x[k, 0] - rel_a[k, 0]
+            q1 = x[k, 1] - rel_a[k, 1]
+            q2 = x[k, 2] - rel_a[k, 2]
+            L2 = e0 * e0 + e1 * e1 + e2 * e2
+            t = 0.0 if L2 <= 0.0 else min(max((q0 * e0 + q1 * e1 + q2 * e2) / L2, 0.0), 1.0)
+            q0 -= t * e0
+            q1 -= t * e1
+            q2 -= t * e2
+            qd = np.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
+            s = qd - (rel_ra[k] + t * (rel_rb[k] - rel_ra[k]))
+            give = crest * min(max(2.0 - s / crest, 0.0), 1.0)
+            if crest < s < 2.0 * crest and qd > 1e-6:
+                slope = True  # dA/dx = -(the joined tube's outward normal)
+                r0, r1, r2 = q0 / qd, q1 / qd, q2 / qd
+        p0, p1, p2 = cyl_c[k, 0] + along * a0, cyl_c[k, 1] + along * a1, cyl_c[k, 2] + along * a2
+        if slope:
+            g0, g1, g2 = n0 + r0, n1 + r1, n2 + r2
+            gn = np.sqrt(g0 * g0 + g1 * g1 + g2 * g2)
+            if gn > 0.3:
+                gval = dist - cyl_rho[k] - give
+                c_n[k, 0], c_n[k, 1], c_n[k, 2] = g0 / gn, g1 / gn, g2 / gn
+                c_d[k] = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - gval / gn
+                continue
+        c_n[k, 0], c_n[k, 1], c_n[k, 2] = n0, n1, n2
+        c_d[k] = n0 * p0 + n1 * p1 + n2 * p2 + cyl_rho[k] + give
 
 
 @nb.njit(cache=True, error_model="numpy")
 def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, c_d, c_alpha, n_iter, dt,
                        max_step, force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
-                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end,
+                       max_travel, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, rel_a, rel_b, rel_ra, rel_rb, crest,
                        fr_mu, fr_k, fr_fn, fr_anchor, s_tension):  # pragma: no cover - numba
     """Minimise the chain's energy in place on ``x``; ``force`` (N,) receives the wall force (N).
 
@@ -236,6 +279,12 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     start of the step let the next step's plane, taken elsewhere on the round wall, move the
     equilibrium, and a stiff tip pressed there alternated between two positions from one
     step to the next (the inertia of a rod is too small to damp that).
+    ``rel_a``, ``rel_b`` (N, 3), ``rel_ra``, ``rel_rb`` (N,) and ``crest`` (mm): the segment of the
+    vessel joined to each node's own at a junction (``rel_ra = -inf``: none), whose tube
+    rounds off the rim of the ostium in the same way, at every iteration (see
+    :func:`_cylinder_planes`); (0, 3) and (0,) for none. Taken once per step, the rounding
+    lagged a step behind the node: a wire lying over a rim was shaken by it from one step to
+    the next (0.1-0.5 mm a step) and its nodes were kicked into the wall with tens of newtons.
 
     Coaxial links (M rows): the point ``p = w1·x[i1] + w2·x[i2]`` (``i2 < 0``: ``x[i1]``
     alone) must stay within ``gap`` mm of the fixed point ``t`` (the other device's axis
@@ -292,7 +341,8 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
     relin = cyl_c.shape[0] == N
     for _it in range(max(n_iter, MAX_ITERATIONS)):
         if relin:
-            _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d)
+            _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, rel_a, rel_b, rel_ra, rel_rb,
+                             crest, c_n, c_d)
         H[:, :] = 0.0
         g[:] = 0.0
         # inertia
@@ -521,7 +571,8 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             break
     # wall forces at the final positions
     if relin:
-        _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, c_n, c_d)
+        _cylinder_planes(x, c_on, w, cyl_c, cyl_axis, cyl_rho, cyl_start, cyl_end, rel_a, rel_b, rel_ra, rel_rb,
+                             crest, c_n, c_d)
     for k in range(N):
         if c_on[k] and w[k] > 0.0:
             Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]

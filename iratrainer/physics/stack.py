@@ -60,7 +60,8 @@ class StackError(IratrainerError):
 #: of the branch's tube with 30-100 N (type II arch, the 0.035 in wire's tip in the
 #: brachiocephalic trunk). A node within this distance of the joined vessel's lumen may go
 #: up to this much further out of its own tube, as over an edge rounded off by this much,
-#: and passes into the other tube.
+#: and passes into the other tube. The rounding is taken at every iteration of the solve
+#: (:func:`~iratrainer.physics.primal.solve_chain_primal`), from where the node then is.
 CREST_MM = 1.0
 CREST_LIMIT_MM = 3.0  # nodes deeper than this in their own vessel are not near a rim
 
@@ -388,7 +389,7 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
 @nb.njit(cache=True, error_model="numpy")
 def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha, n_iter, dt,
                    max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev,
-                   k_stick):  # pragma: no cover - numba
+                   k_stick, rel_a, rel_b, rel_ra, rel_rb):  # pragma: no cover - numba
     """One device's solve with its wall: cylinders, Coulomb friction, Gauss-Newton.
 
     Every free node carries its wall (inactive unless violated): the cylinder of the segment
@@ -402,7 +403,9 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
     starts unloaded every step, so friction only takes energy out. ``r_dev`` (N,) is each node's
     clearance from the wall: the device's own radius, or the radius of the catheter it runs
     in. ``l_*``: the coaxial links to the devices around and inside this one (see
-    :func:`solve_chain_primal`). Returns the wall force per node (N).
+    :func:`solve_chain_primal`). ``rel_*``: the segment of the vessel joined to each node's own
+    at a junction, whose tube rounds off the rim there (see :data:`CREST_MM`). Returns the wall
+    force per node (N).
     """
     N = x.shape[0]
     n = np.zeros((N, 3))
@@ -426,7 +429,8 @@ def _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, 
         tension[k] = max(ks * (L - rest[k]), 0.0)
     solve_chain_primal(x, x.copy(), w, rest, kb, alpha, s_alpha, near, n, plane_d, c_alpha, n_iter, dt, max_step,
                        force, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, MAX_TRAVEL_MM,
-                       closest, axis, rho, start, end, mu, k_stick, fn_prev, x0, tension)
+                       closest, axis, rho, start, end, rel_a, rel_b, rel_ra, rel_rb, CREST_MM, mu, k_stick, fn_prev,
+                       x0, tension)
     return force
 
 
@@ -517,7 +521,7 @@ def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - num
 @nb.njit(cache=True, error_model="numpy")
 def _rod_contact_solve(x, x0, closest, axis, start, end, R, r_dev, t0, u0, theta, mag, alpha, h, rest_last, mass,
                        s_alpha, c_alpha, n_iter, dt, max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link,
-                       fn_prev, k_stick, inside):  # pragma: no cover - numba
+                       fn_prev, k_stick, inside, rel_a, rel_b, rel_ra, rel_rb):  # pragma: no cover - numba
     """One device's whole contact solve in one call: its rest curvature from its material
     frames (:func:`_rest_state`), its rest lengths (``h``, the access edge ``rest_last``),
     :func:`_contact_solve`, then the friction state for the next step (``fn_prev`` is
@@ -530,7 +534,7 @@ def _rod_contact_solve(x, x0, closest, axis, start, end, R, r_dev, t0, u0, theta
     rest[N - 3] = rest_last
     force = _contact_solve(x, x0, closest, axis, start, end, R, r_dev, kb, alpha, rest, mass, s_alpha, c_alpha,
                            n_iter, dt, max_step, mu, l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap, k_link, fn_prev,
-                           k_stick)
+                           k_stick, rel_a, rel_b, rel_ra, rel_rb)
     fn_prev[:] = force
     for k in inside:
         force[k] = 0.0
@@ -585,6 +589,8 @@ def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, pl
 
 #: no node index (a shared empty argument, never written)
 _NO_NODES = np.zeros(0, np.int64)
+_NO_REL_POINTS = np.zeros((0, 3))  # no joined vessel's segments: the rims are rounded once per step
+_NO_REL_RADII = np.zeros(0)
 #: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
 _NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
@@ -806,6 +812,12 @@ class DeviceStack:
         #: largest node displacement per Gauss-Newton iteration, mm (a trust region: the wall
         #: planes are linearised, so a node must not travel far along one in a single step)
         self.max_step_mm = 1.0
+        #: where the rims of the ostia are rounded (see :data:`CREST_MM`): False, once per step
+        #: from the start-of-step query (the default, which the navigations are tested with);
+        #: True, at every iteration of the solve, from where each node then is. Rounded once
+        #: per step, the rounding lags a step behind a node near a rim, which shakes a wire
+        #: lying there (docs/physics.md, "Rims rounded in the solve")
+        self.rim_in_solve = False
         self.thresholds = thresholds or SafetyThresholds()
         self.time_s = 0.0
         self.log: list[str] = []
@@ -837,6 +849,8 @@ class DeviceStack:
         #: whether each segment is the last of its vessel, or the first of a vessel without a parent
         self._seg_last = np.append(br[1:] != br[:-1], True)
         self._seg_a = np.asarray(tree.seg_a, dtype=np.float64)
+        self._seg_ra = np.asarray(tree.seg_ra, dtype=np.float64)
+        self._seg_rb = np.asarray(tree.seg_rb, dtype=np.float64)
         first = np.insert(br[1:] != br[:-1], 0, True)
         self._seg_root_first = first & np.array([tree.branches[int(b)].parent is None for b in br])
         self._node_radius = [np.ones(len(r.x)) for r in self.rods]
@@ -976,7 +990,18 @@ class DeviceStack:
                                            self._seg_last, self._seg_root_first)
         clear = self._clearances()
         # the vessel joined at a junction, for the nodes near their own wall (see CREST_MM)
-        crest = self.tree.lumen_index.related_depth(allx, q.segment, q.signed_distance_mm, CREST_LIMIT_MM)
+        crest, rel = self.tree.lumen_index.related_depth(allx, q.segment, q.signed_distance_mm, CREST_LIMIT_MM,
+                                                         with_segment=True)
+        if self.rim_in_solve:
+            # the joined vessel's segment per node, whose tube the solve rounds the rim with
+            has_rel = rel >= 0
+            rel_i = np.where(has_rel, rel, 0)
+            rel_a, rel_b = self._seg_a[rel_i], self._seg_b[rel_i]
+            rel_ra = np.where(has_rel, self._seg_ra[rel_i], -np.inf)
+            rel_rb = self._seg_rb[rel_i]
+        else:
+            rel_a = rel_b = _NO_REL_POINTS
+            rel_ra = rel_rb = _NO_REL_RADII
         if pairs is None:
             pairs = self._link_pairs()
         inside = [_NO_NODES] * len(self.rods)
@@ -990,8 +1015,9 @@ class DeviceStack:
             sl = slice(off, off + N)
             off += N
             R = q.radius_mm[sl]
-            # at the rim of an ostium the node's cylinder is widened (see CREST_MM)
-            R = R + rim_allowance(crest[sl])
+            if not self.rim_in_solve or self.solver != "primal":
+                # at the rim of an ostium the node's cylinder is widened (see CREST_MM)
+                R = R + rim_allowance(crest[sl])
             if self.solver == "primal":
                 alpha, mag, _ = rod._profiles()
                 links = self._link_rows(k, pairs)
@@ -1003,7 +1029,8 @@ class DeviceStack:
                                            max(rod.inserted_mm - rod.sigma[-1], 1e-3), rod.mass_node,
                                            rod.stretch_compliance, self.wall_compliance_mm_n, self.iterations, self.dt,
                                            self.max_step_mm, rod.spec.friction, *links, self._friction_state(k),
-                                           self.friction_stiffness, inside[k])
+                                           self.friction_stiffness, inside[k], rel_a[sl], rel_b[sl], rel_ra[sl],
+                                           rel_rb[sl])
             else:
                 kb, alpha, _ = rod.rest_binormals()
                 force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
