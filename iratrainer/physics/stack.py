@@ -60,8 +60,9 @@ class StackError(IratrainerError):
 #: of the branch's tube with 30-100 N (type II arch, the 0.035 in wire's tip in the
 #: brachiocephalic trunk). A node within this distance of the joined vessel's lumen may go
 #: up to this much further out of its own tube, as over an edge rounded off by this much,
-#: and passes into the other tube. The rounding is taken at every iteration of the solve
-#: (:func:`~iratrainer.physics.primal.solve_chain_primal`), from where the node then is.
+#: and passes into the other tube. By default the rounding is taken once per step, from the
+#: start-of-step query; with :attr:`DeviceStack.rim_in_solve` (primal solver only) at every
+#: iteration of the solve, from where the node then is.
 CREST_MM = 1.0
 CREST_LIMIT_MM = 3.0  # nodes deeper than this in their own vessel are not near a rim
 
