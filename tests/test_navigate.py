@@ -116,3 +116,36 @@ def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path, arch):
         assert stage in log, stage
     # reported, not yet bounded: contact-penalty spikes at ostia and bends (docs/physics.md)
     assert np.isfinite(res["max_wall_force_n"]) and res["max_wall_force_n"] > 0
+
+
+def test_a_puff_shows_a_catheter_taken_up_the_subclavian_for_the_carotid_and_it_is_drawn_back():
+    """The operator's one look at a vessel's identity is a puff of contrast through the
+    catheter just taken up a selected branch. Type I: the 5F laid up the left subclavian
+    artery (its ostium 12 mm before the LCCA's, both along the roadmap at first) fills the
+    subclavian: the selection failed, and catheter and wire come back into the arch."""
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack
+    from iratrainer.scenario.navigate import WIRE_HOOK_BACK_MM, _Operator
+
+    tree = build_atlas()
+    planes = [frontal(), lateral()]
+    route = _Route(tree, "R_CFA", "L_MCA_M1", planes)
+    assert {"AO_ARCH", "L_CCA", "L_ICA"} <= route.labels and "L_SCA" not in route.labels
+    way, _ = tree.path_polyline("R_CFA", "L_SCA")
+    arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(way, axis=0), axis=1))])
+    b = tree["L_SCA"]
+    ostium = int(np.argmin(np.linalg.norm(way - tree[b.parent].points_mm[b.parent_index], axis=1)))
+    ins = float(arc[ostium]) + 30.0  # the catheter's tip 30 mm up the subclavian
+    cat = default_catalogue()
+    st = DeviceStack(tree, [cat["vertebral_5F"], cat["guidewire_035_angled"]], inserted_mm=[ins, ins + 20.0],
+                     path_mm=way[:int(np.searchsorted(arc, ins + 25.0)) + 2])
+    assert st.tip_branch(0) == "L_SCA"
+    op = _Operator(st, route, [-30.0, 0.0], np.random.default_rng(0), 60.0, 6)
+    op.s = float(route.arc[np.argmax(route.lab == tree.index("L_CCA"))])
+    j = max(h for h in route.hooks)
+    assert op._puff(j, 1, 0) is False
+    assert "fills L_SCA: not the vessel on the roadmap" in "\n".join(op.log)
+    assert st.tip_branch(0) in route.labels and st.tip_branch(1) in route.labels  # back in the arch
+    assert st.rods[1].inserted_mm < st.rods[0].inserted_mm  # the wire inside the catheter
+    s_cath, _ = op._arc_of(0, j, (-80.0, 40.0))
+    assert s_cath < j - WIRE_HOOK_BACK_MM[0] + 10.0

@@ -47,6 +47,14 @@ What the operator does:
   pushing (the device bows or loops behind it), pull back 10 mm and aim again; retries at
   one place go through the best aim, a quarter turn either side and the opposite side. A
   lead seen turned back on itself is pulled back into its catheter instead.
+* **puff**: once a catheter is seen up a branch it selected, a puff of contrast through it
+  shows which vessel it is in (the one place the operator learns a vessel's name, as a
+  puff shows it); not the vessel on the roadmap (a subclavian artery taken for the carotid
+  beside it), catheter and wire are drawn back and the selection tried again.
+* **start again**: the tries at one place used up, the lead is pulled back 60 mm short of
+  the trouble, its hub turned by a random number of eighths of a turn (the seed's draw), and
+  that stretch is started again with its counts cleared (twice at most per stack) before
+  the operator gives up.
 
 Vessel selection is therefore the physics' doing: the shaped tip, the torque reaching
 it, the wall contacts. The operator only chooses hub inputs.
@@ -97,6 +105,8 @@ HOOK_PAST_MM = 15.0  # a hook takes the tip this far past the ostium before it i
 HOOK_SPIN_DEG_S = 360.0  # a hooked wire is pushed up the branch turning at this rate
 RETRY_SKIPS = (0, 1, 3, 2)  # quarter turns past the best aim, by retry at one place
 STALL_BACK_MM = 10.0  # then the tip is pulled back this far along the roadmap and aimed again
+MAX_RESTARTS = 2  # times the operator starts a stretch again when the tries at one place are used up
+RESTART_BACK_MM = 60.0  # it pulls back this far short of the trouble first
 CROSS_MM = 10.0  # a microwire crossing a junction alone must be seen this far past it
 CROSS_GOAL_MM = 20.0  # a goal this close past the last junction is reached by the microwire alone
 CROSS_TRIES = 3  # pushes of the microwire alone across a junction before the stack goes on as one
@@ -166,6 +176,8 @@ class _Route:
         self.proj = [self._px(p, pts) for p in planes]
         self.target_arc = float(self.arc[np.argmax(lab == tree.index(target))])
         route = {tree.labels[i] for i in np.unique(lab)}
+        #: the vessels the route goes through
+        self.labels = frozenset(route)
         junctions = []
         for label in tree.labels:
             b = tree[label]
@@ -245,7 +257,7 @@ class _Operator:
                  max_sim_s: float, max_attempts: int) -> None:
         self.st = stack
         self.route = route
-        self.rng = rng  # the operator's own draws (none yet beyond the starting hub angles)
+        self.rng = rng  # the operator's own draws (the starting hub angles, the turns when starting again)
         self.max_sim_s = max_sim_s
         self.max_attempts = max_attempts
         self.set_lead(len(stack.rods) - 1, offsets_mm)
@@ -258,6 +270,7 @@ class _Operator:
         self._last_tip = self.lead.x[0].copy()
         self._retries: dict[int, int] = {}  # retries so far per 10 mm of the route (see _skip)
         self.successor: _Operator | None = None  # the operator this one handed over to (another roadmap)
+        self.restarts = 0  # stretches started again (see _start_again)
 
     def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
         """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
@@ -535,6 +548,31 @@ class _Operator:
         self.log.append(f"t={self.st.time_s:.2f}s the wire did not catch the branch at {j:.0f} mm on a hook")
         return False
 
+    def _puff(self, j: float, wire: int, catheter: int) -> bool:
+        """A puff of contrast through the catheter just taken up the branch at ``j``: the vessel that
+        fills is the one its tip is in, and the operator knows the arch vessels by their shape.
+
+        Returns True when that vessel is on the route. Otherwise (a subclavian artery taken
+        for the carotid next to it: both project along the roadmap at first) the wire is
+        drawn back into the catheter, the catheter back short of the junction, and False is
+        returned: the selection failed. The only place the operator learns a vessel's name,
+        and only as a puff would show it.
+        """
+        filled = self.st.tip_branch(catheter)
+        on_route = filled in self.route.labels
+        self.log.append(f"t={self.st.time_s:.2f}s a puff of contrast through the catheter fills {filled}"
+                        + ("" if on_route else ": not the vessel on the roadmap, both drawn back"))
+        if not on_route:
+            # out by as much as it was taken in (seen up to the branch's depth past the ostium,
+            # from where the hook or the probe had parked it), the wire first into it
+            offsets: list[float | None] = [None] * len(self.offsets)
+            offsets[wire] = -PROBE_WIRE_IN_MM
+            self.set_lead(catheter, offsets)
+            self.settle_offsets()
+            self.advance_by(-(self.route.depth(j) + WIRE_HOOK_BACK_MM[-1] + 10.0), 20.0)
+            self.s, _ = self.where((-80.0, 20.0))
+        return on_route
+
     def _cross_alone(self, j: float, past_mm: float = CROSS_MM) -> bool:
         """Take the microwire alone across the junction at ``j``, its catheters held, then bring
         the microcatheter up over it (the wire leads, the catheter follows, junction by junction).
@@ -611,6 +649,27 @@ class _Operator:
         self.log.append(f"t={self.st.time_s:.2f}s {what} (attempt {tries})")
         return tries <= self.max_attempts
 
+    def _start_again(self, s: float, trouble: float) -> bool:
+        """The tries at one place used up: pull the lead (the others keeping their offsets) back
+        on the roadmap to ``RESTART_BACK_MM`` short of the ``trouble`` (arc, mm), turn its hub by
+        a random number of eighths of a turn (the operator's draw) and start that stretch again,
+        its counts cleared. False once ``MAX_RESTARTS`` are used (the operator gives up)."""
+        if self.restarts >= MAX_RESTARTS:
+            return False
+        self.restarts += 1
+        back = min(s, trouble) - RESTART_BACK_MM
+        self.s, _ = self.where((-60.0, 20.0))
+        self._pull_back(lambda s2, off2: not off2 and s2 < back, 400)
+        turn = int(self.rng.integers(1, 8))
+        rate = AIM_STEP_DEG / (2 * PULSE_STEPS * self.st.dt)
+        for _ in range(2 * turn):
+            self.pulse(0.0, rate)
+        self._retries.clear()
+        self.log.append(f"t={self.st.time_s:.2f}s the tries near {trouble:.0f} mm used up: pulled back to "
+                        f"{self.s:.0f} mm, the hub turned {turn * AIM_STEP_DEG:.0f}°, that stretch started again "
+                        f"(restart {self.restarts} of {MAX_RESTARTS})")
+        return True
+
     def _pull_back(self, done: Callable[[float, bool], bool], max_pulses: int) -> None:
         """Pull the lead back at 20 mm/s, pulse by pulse, until ``done(arc, off the roadmap)``."""
         for _ in range(max_pulses):
@@ -637,7 +696,10 @@ class _Operator:
                 j = max([x for x in route.junctions if x < s + 5.0], default=None)
                 tries += 1
                 if not self._attempt(tries, f"off the roadmap near {s:.0f} mm: pull back"):
-                    return "gave_up"
+                    if not self._start_again(s, j if j is not None else s):
+                        return "gave_up"
+                    tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                    continue
                 if j is not None and j in route.hooks:
                     # past a branch that had to be selected (hooked or probed): pull back only
                     # to the roadmap, not out of the branch; lost below its ostium, select it again
@@ -661,13 +723,18 @@ class _Operator:
                 if nxt in route.hooks and catheter is not None:
                     wire, wire_offsets = self.lead_index, list(self.offsets)
                     for k in range(self.max_attempts):
-                        if self.wire_hook(nxt, k, wire, catheter) or self.probe(nxt, k, wire, catheter):
+                        if ((self.wire_hook(nxt, k, wire, catheter) or self.probe(nxt, k, wire, catheter))
+                                and self._puff(nxt, wire, catheter)):
                             break
                         self.attempts += 1
                         self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not selected "
                                         f"(attempt {k + 1})")
                     else:
-                        return "gave_up"
+                        self.set_lead(wire, wire_offsets)
+                        if not self._start_again(s, nxt):
+                            return "gave_up"
+                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        continue
                     # the wire leads again, the catheter follows where it now is, or closer: taken
                     # back to its usual distance it left the wire without support in the ostium
                     gap = self.st.rods[catheter].inserted_mm - self.st.rods[wire].inserted_mm
@@ -685,7 +752,10 @@ class _Operator:
                         s_now, _ = self.where((-60.0, 40.0))
                         self.advance_by(min(nxt - LEAD_MM - s_now, 0.0))
                     else:
-                        return "gave_up"
+                        if not self._start_again(s, nxt):
+                            return "gave_up"
+                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        continue
                 else:
                     self.aim(nxt)
                     if self.lead.spec.kind == "microwire" and self.lead_index > 0:
@@ -706,7 +776,11 @@ class _Operator:
                     # behind it; pull back, turn, push again
                     tries += 1
                     if not self._attempt(tries, f"the tip does not follow the hub near {s:.0f} mm: pull back"):
-                        return "gave_up"
+                        if not self._start_again(s, s):
+                            return "gave_up"
+                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        pushed.clear()
+                        continue
                     if self.lead_index > 0 and self._turned_back():
                         # a wire turned back on itself out of its catheter: pushing only
                         # feeds the loop; the wire alone back into its catheter, then aim again
@@ -742,6 +816,7 @@ def _hand_over(old: _Operator, new: _Operator) -> _Operator:
     """The same hands and eyes on another roadmap: carry the log and the tallies over."""
     new.log, new.attempts = old.log, old.attempts
     new.path_length, new.max_force = old.path_length, old.max_force
+    new.restarts = old.restarts
     old.successor = new
     return new
 
@@ -898,7 +973,8 @@ def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s
         arch: aortic arch type of the atlas, "I", "II" or "III".
         target: label of the target vessel in the atlas (downstream of the left or right ICA
             for the intracranial stack; any vessel otherwise).
-        seed: seeds the operator's starting hub angles (the anatomy is the reference atlas).
+        seed: seeds the operator's draws: the starting hub angles, the turns when starting again (the
+            anatomy is the reference atlas).
         max_sim_s: simulated time limit, s.
         max_attempts: tries at one junction before the operator gives up.
     """
