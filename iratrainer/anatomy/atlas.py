@@ -346,8 +346,11 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
     for side, sx, parent in (("L", 1.0, "L_SCA"), ("R", -1.0, "R_SCA")):
         fv = f(f"{side}_VA", 0.12)
         w = 1.5 * T
-        ctrl = [[sx * 33, 6, 60], [sx * 29, 10, 85], [sx * (28 + w), 10, 115],
-                [sx * (27 - w), 10, 145], [sx * 30, 12, 165], [sx * 36, 20, 172],
+        # V2 runs through the transverse foramina, 15-20 mm behind the internal carotid
+        # (until the twelfth session it ran 4-6 mm behind it, the two lumens overlapping over
+        # ~50 mm: a microwire in the ICA crossed into the vertebral artery there)
+        ctrl = [[sx * 33, 8, 60], [sx * 28, 17, 85], [sx * (26 + w), 20, 115],
+                [sx * (25 - w), 21, 145], [sx * 28, 21, 163], [sx * 36, 22, 172],
                 [sx * 28, 28, 180], [sx * 14, 24, 186], [sx * 6, 18, 192]]
         end_pt = vjunction if side == "L" else [-1.0, 12.5, 197.0]
         ctrl.append(end_pt)
