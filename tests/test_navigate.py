@@ -149,3 +149,33 @@ def test_a_puff_shows_a_catheter_taken_up_the_subclavian_for_the_carotid_and_it_
     assert st.rods[1].inserted_mm < st.rods[0].inserted_mm  # the wire inside the catheter
     s_cath, _ = op._arc_of(0, j, (-80.0, 40.0))
     assert s_cath < j - WIRE_HOOK_BACK_MM[0] + 10.0
+
+
+def test_the_tries_at_one_place_used_up_the_operator_pulls_back_and_starts_that_stretch_again():
+    """Twice at most: the lead (the wire, the catheter keeping its offset) is pulled back on the
+    roadmap to 60 mm short of the trouble, its hub turned by the seed's draw; the third time
+    the operator gives up."""
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack
+    from iratrainer.scenario.navigate import MAX_RESTARTS, RESTART_BACK_MM, _Operator
+
+    tree = build_atlas()
+    route = _Route(tree, "R_CFA", "L_MCA_M1", [frontal(), lateral()])
+    trouble = max(route.hooks)  # the LCCA's ostium
+    ins = trouble - 10.0
+    cat = default_catalogue()
+    st = DeviceStack(tree, [cat["vertebral_5F"], cat["guidewire_035_angled"]], inserted_mm=[ins - 30.0, ins],
+                     path_mm=route.pts[:int(np.searchsorted(route.arc, ins + 5.0)) + 2])
+    op = _Operator(st, route, [-30.0, 0.0], np.random.default_rng(0), 120.0, 6)
+    s0 = op.s
+    assert abs(s0 - ins) < 25.0
+    hub0 = st.rods[1].hub_angle
+    for k in range(MAX_RESTARTS):
+        assert op._start_again(op.s, trouble) is True
+        assert op.restarts == k + 1
+    assert op.s < trouble - RESTART_BACK_MM
+    assert st.rods[1].inserted_mm < ins - RESTART_BACK_MM + 25.0
+    assert st.rods[1].inserted_mm - st.rods[0].inserted_mm == pytest.approx(30.0, abs=2.0)
+    assert st.rods[1].hub_angle != hub0
+    assert "that stretch started again (restart 2 of 2)" in op.log[-1]
+    assert op._start_again(op.s, trouble) is False and op.restarts == MAX_RESTARTS
