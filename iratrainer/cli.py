@@ -666,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     nv.add_argument("--arch", choices=["I", "II", "III"], default="I", help="aortic arch type of the atlas")
     nv.add_argument("--target", default="L_MCA_M1", help="target vessel label")
     nv.add_argument("--seed", type=_seed, default=0, help="operator seed (starting hub angles, turns when starting again)")
-    nv.add_argument("--max-seconds", type=float, default=300.0, help="simulated time limit, s")
+    nv.add_argument("--max-seconds", type=float, default=600.0, help="simulated time limit, s (default: ten minutes)")
     nv.add_argument("--out", required=True, help="output folder (result.json)")
     nv.set_defaults(func=_cmd_navigate)
 

@@ -959,7 +959,7 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
     return asc, outcome
 
 
-def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s: float = 300.0,
+def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s: float = 600.0,
              max_attempts: int = 6, progress: Callable[[str], None] | None = None) -> NavigateResult:
     """Navigate the rod physics from the right femoral sheath to ``target`` (see the module docstring).
 
