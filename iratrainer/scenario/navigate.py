@@ -554,7 +554,7 @@ class _Operator:
 
         Returns True when that vessel is on the route. Otherwise (a subclavian artery taken
         for the carotid next to it: both project along the roadmap at first) the wire is
-        drawn back into the catheter, the catheter back short of the junction, and False is
+        drawn back into the catheter, the catheter back by as much as it went in, and False is
         returned: the selection failed. The only place the operator learns a vessel's name,
         and only as a puff would show it.
         """
