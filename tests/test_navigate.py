@@ -179,3 +179,34 @@ def test_the_tries_at_one_place_used_up_the_operator_pulls_back_and_starts_that_
     assert st.rods[1].hub_angle != hub0
     assert "that stretch started again (restart 2 of 2)" in op.log[-1]
     assert op._start_again(op.s, trouble) is False and op.restarts == MAX_RESTARTS
+
+
+def test_a_vertebral_that_will_not_take_the_vessel_is_changed_for_a_simmons_over_the_wire():
+    """After ``SELECT_TRIES_BEFORE_CHANGE`` failed selections the vertebral catheter is changed
+    for a Simmons 2 where it lies: the same wire, the same inserted lengths, the wire then led
+    30 mm out of the new catheter; the log, the tallies and the restarts go on."""
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack
+    from iratrainer.scenario.navigate import SIMMONS_FALLBACK, _change_catheter, _Operator, _reverse_curve
+
+    tree = build_atlas()
+    route = _Route(tree, "R_CFA", "L_MCA_M1", [frontal(), lateral()])
+    ins = max(route.hooks) - 30.0  # short of the LCCA's ostium
+    cat = default_catalogue()
+    st = DeviceStack(tree, [cat["vertebral_5F"], cat["guidewire_035_angled"]], inserted_mm=[ins, ins - 15.0],
+                     path_mm=route.pts[:int(np.searchsorted(route.arc, ins + 5.0)) + 2])
+    op = _Operator(st, route, [15.0, 0.0], np.random.default_rng(0), 120.0, 6)
+    op.select_tries, op.attempts, op.restarts, op.max_force = 3, 7, 1, 2.5
+    op.log.append("before")
+    for _ in range(5):
+        op.pulse()
+    new = _change_catheter(op, tree, cat[SIMMONS_FALLBACK], np.random.default_rng(1))
+    st2 = new.st
+    assert st2 is not st and _reverse_curve(st2.rods[0].spec) and st2.rods[1].name == "guidewire_035_angled"
+    assert op.successor is new and new.log[0] == "before" and "changed for simmons2_5F" in new.log[-1]
+    assert (new.attempts, new.restarts) == (7, 1) and new.max_force >= 2.5
+    assert st2.time_s >= st.time_s
+    assert st2.rods[1].inserted_mm - st2.rods[0].inserted_mm == pytest.approx(30.0, abs=2.0)
+    assert st2.rods[0].inserted_mm == pytest.approx(ins - 45.0, abs=2.0)  # drawn back to 30 mm behind the wire
+    assert st2.tip_branch(1) in route.labels and st2.tip_branch(0) in route.labels
+    assert abs(new.s - (ins - 15.0)) < 25.0

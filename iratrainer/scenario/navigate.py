@@ -124,6 +124,8 @@ SIMMONS_PARK_MM = (18.0, 8.0, -2.0, -12.0)
 SIMMONS_PARKING_S = 60.0  # simulated time the wire is given at one parking before the catheter is moved on
 SIMMONS_MOUTH_MM = 40.0  # from a parking, the wire must be seen this far into the selected vessel; then on to the neck
 SIMMONS_WIRE_IN_MM = 100.0  # between parkings the wire waits this far inside the catheter (out of its loop)
+SIMMONS_FALLBACK = "simmons2_5F"  # the reverse-curve catheter changed for a vertebral that will not take the vessel
+SELECT_TRIES_BEFORE_CHANGE = 3  # selections (hook, then probes) tried with the vertebral catheter before the change
 
 
 @dataclass
@@ -271,6 +273,7 @@ class _Operator:
         self._retries: dict[int, int] = {}  # retries so far per 10 mm of the route (see _skip)
         self.successor: _Operator | None = None  # the operator this one handed over to (another roadmap)
         self.restarts = 0  # stretches started again (see _start_again)
+        self.select_tries: int | None = None  # selections at a branch before run() returns "not_selected"
 
     def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
         """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
@@ -679,14 +682,20 @@ class _Operator:
                 break
 
     def run(self, goal: float, catheter: int | None = None) -> str:
-        """Navigate the lead to route arc ``goal``; returns "reached" or "gave_up" (TimeoutError past the limit).
+        """Navigate the lead to route arc ``goal``; returns "reached" or "gave_up" (TimeoutError past the limit),
+        or "not_selected" when ``select_tries`` is set and that many selections of a branch failed.
 
         ``catheter``: the index of a shaped catheter that takes the lead for the hook at a
         branch leaving backwards (the wire waits inside it, 10 mm behind its curve), then hands
         back to the wire.
         """
         route = self.route
-        pending = [s for s in route.junctions if self.s - 5.0 < s < goal]
+
+        def ahead() -> list[float]:
+            """The junctions still to pass on the way to the goal, from where the tip is seen."""
+            return [x for x in route.junctions if self.s - 5.0 < x < goal]
+
+        pending = ahead()
         tries = 0
         pushed: list[float] = []  # where the tip was seen over the last pulses of pushing
         while True:
@@ -698,7 +707,7 @@ class _Operator:
                 if not self._attempt(tries, f"off the roadmap near {s:.0f} mm: pull back"):
                     if not self._start_again(s, j if j is not None else s):
                         return "gave_up"
-                    tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                    tries, pending = 0, ahead()
                     continue
                 if j is not None and j in route.hooks:
                     # past a branch that had to be selected (hooked or probed): pull back only
@@ -729,11 +738,14 @@ class _Operator:
                         self.attempts += 1
                         self.log.append(f"t={self.st.time_s:.2f}s the branch at {nxt:.0f} mm not selected "
                                         f"(attempt {k + 1})")
+                        if self.select_tries is not None and k + 1 >= self.select_tries:
+                            self.set_lead(wire, wire_offsets)
+                            return "not_selected"
                     else:
                         self.set_lead(wire, wire_offsets)
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        tries, pending = 0, ahead()
                         continue
                     # the wire leads again, the catheter follows where it now is, or closer: taken
                     # back to its usual distance it left the wire without support in the ostium
@@ -754,7 +766,7 @@ class _Operator:
                     else:
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        tries, pending = 0, ahead()
                         continue
                 else:
                     self.aim(nxt)
@@ -778,7 +790,7 @@ class _Operator:
                     if not self._attempt(tries, f"the tip does not follow the hub near {s:.0f} mm: pull back"):
                         if not self._start_again(s, s):
                             return "gave_up"
-                        tries, pending = 0, [x for x in route.junctions if self.s - 5.0 < x < goal]
+                        tries, pending = 0, ahead()
                         pushed.clear()
                         continue
                     if self.lead_index > 0 and self._turned_back():
@@ -826,6 +838,31 @@ def _latest(op: _Operator) -> _Operator:
     while op.successor is not None:
         op = op.successor
     return op
+
+
+def _change_catheter(op: _Operator, tree: VesselTree, spec: DeviceSpec, rng: np.random.Generator) -> _Operator:
+    """Change the diagnostic catheter for ``spec`` over the wire, where it lies (an exchange,
+    not simulated: the new catheter and the same wire are laid along the longer of the two
+    devices' shapes, at the same inserted lengths, their hubs at drawn angles), then lead with
+    the wire 30 mm out of the new catheter. Returns the operator on the new stack, its
+    tallies and log carried over (the old stack's events are the caller's to keep)."""
+    st = op.st
+    cath, wire = st.rods[0], st.rods[-1]
+    longer = wire if wire.inserted_mm > cath.inserted_mm else cath
+    st2 = DeviceStack(tree, [spec, wire.spec], inserted_mm=[cath.inserted_mm, wire.inserted_mm],
+                      path_mm=longer.x[:-1][::-1])
+    st2.time_s = st.time_s
+    for rod in st2.rods:
+        rod.hub_angle = float(rng.uniform(0.0, 2.0 * math.pi))
+        rod.theta[:] = rod.hub_angle
+    new = _hand_over(op, _Operator(st2, op.route, [cath.inserted_mm - wire.inserted_mm, 0.0], rng, op.max_sim_s,
+                                   op.max_attempts))
+    new.log.append(f"t={st.time_s:.2f}s {cath.name} changed for {spec.name} over the wire "
+                   f"({op.select_tries} selections of the branch failed)")
+    new.set_lead(1, [-30.0, 0.0])
+    new.settle_offsets()
+    new.s, _ = new.where((-80.0, 40.0))
+    return new
 
 
 def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.Generator, max_sim_s: float,
@@ -1004,7 +1041,17 @@ def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s
         if simmons:
             op, outcome = _simmons(op, tree, target, str(neck), NECK_MM, rng, max_sim_s, max_attempts)
         else:
+            if neck is not None and route.hooks:
+                # a vertebral catheter that will not take the arch vessel is changed for a Simmons
+                op.select_tries = SELECT_TRIES_BEFORE_CHANGE
             outcome = op.run(min(neck_goal, final), catheter=0)
+            if outcome == "not_selected":
+                events.extend(st.events)
+                op = _change_catheter(op, tree, cat[SIMMONS_FALLBACK], rng)
+                st = op.st
+                stacks.append([r.name for r in st.rods])
+                simmons = True
+                op, outcome = _simmons(op, tree, target, str(neck), NECK_MM, rng, max_sim_s, max_attempts)
         if outcome == "reached" and neck is not None:
             cath = st.rods[0]
             if simmons:
@@ -1022,7 +1069,7 @@ def navigate(arch: str = "I", target: str = "L_MCA_M1", seed: int = 0, max_sim_s
                 way = cath.x[:-1][::-1]
                 ins = cath.inserted_mm
             path_length, max_force = op.path_length, op.max_force
-            events = list(st.events)
+            events.extend(st.events)
             op.log.append(f"t={st.time_s:.2f}s exchange over a wire: {cath.name} and the 0.035 wire out, "
                           + ", ".join(n for n, _ in DISTAL_STACK)
                           + (" in along the roadmap up to the wire" if simmons else " in along the catheter's shape"))
