@@ -37,6 +37,9 @@ What the operator does:
   the arch vessels lie ahead, and the wire goes out of it and selects the vessel as at any
   junction; if it has not within a minute, it comes back inside and the catheter is drawn
   on to the next parking. The exchange is then made over the wire.
+* **change the catheter** (types I and II): when three selections of the arch vessel (a
+  hook, then the probes) have failed with the vertebral catheter, it is changed for a
+  Simmons 2 over the wire where it lies, and the Simmons is formed and used as above.
 * **wire first** (the distal stack): at each junction the aimed microwire goes across
   alone, its catheters held, then the microcatheter is brought up over it.
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
@@ -892,6 +895,10 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
     start = cath.inserted_mm
     seen_at = None
     while cath.inserted_mm - start < SIMMONS_PUSH_MAX_MM:
+        if cath.inserted_mm >= cath.spec.length_mm - 50.0 - 0.5:
+            # fully inserted (the hub at the sheath): the push goes no further
+            up.log.append(f"t={st.time_s:.2f}s {cath.name} fully inserted: the push stops there")
+            break
         up.pulse(10.0)
         up.where((-40.0, 10.0))
         if seen_at is None and up._turned_back():
