@@ -707,3 +707,39 @@ def test_a_simmons_re_forms_against_the_valve_and_stays_formed_when_pulled_back(
     # a few newtons (5.3) against the root while the loop forms (the radius-scaled thresholds call
     # 2 N "perforation" in a 15 mm aorta: see docs/physics.md, wall forces)
     assert worst < 10.0
+
+
+@pytest.mark.parametrize("name", sorted(default_catalogue()))
+def test_past_the_uniform_point_a_device_is_plain_shaft(name):
+    """The per-step cache of the sheath nodes' stiffness holds beyond ``uniform_from_mm``:
+    there EI is exactly the shaft value and there is no rest curvature."""
+    spec = default_catalogue()[name]
+    s0 = spec.uniform_from_mm
+    assert s0 > spec.soft_length_mm
+    for s in (s0, s0 + 0.37, s0 + 100.0, spec.length_mm):
+        assert spec.ei_scalar(s) == spec.ei_scalar(spec.length_mm + 1e3)
+        assert spec.rest_curvature_scalar(s) == 0.0
+        assert float(spec.ei_at(s)) == spec.bending_stiffness_n_mm2 * (spec.soft_ratio + (1.0 - spec.soft_ratio))
+
+
+def test_cached_stiffness_profiles_match_a_fresh_computation():
+    """After the hubs move (nodes added, removed, or only the inserted length changed, with the
+    sheath nodes on the soft tip or on the shaft), the cached per-node profiles are those
+    computed afresh for the device as it now is."""
+    from iratrainer.anatomy.atlas import build_atlas
+
+    cat = default_catalogue()
+    tree = build_atlas()
+    wire = cat["guidewire_035_angled"]
+    assert wire.uniform_from_mm > 20.0
+    for names, inserted in ((["vertebral_5F", "guidewire_035_angled"], [200.0, 230.0]),
+                            (["guidewire_035_angled"], [12.0])):
+        stack = DeviceStack(tree, [cat[n] for n in names], inserted_mm=inserted)
+        for speed in (30.0, -30.0, 0.7, -0.7):
+            for _ in range(40):
+                stack.step({n: HubCommand(speed, 45.0) for n in names})
+                for rod in stack.rods:
+                    cached = [a.copy() for a in rod._profiles()]
+                    rod._prof_key = rod._prof_k = None  # forget the cache
+                    for c, f in zip(cached, rod._profiles(), strict=True):
+                        np.testing.assert_array_equal(c, f)

@@ -82,6 +82,14 @@ class DeviceSpec:
         """True for catheters (a device or contrast can go through)."""
         return self.inner_diameter_mm > 0.0
 
+    @property
+    def uniform_from_mm(self) -> float:
+        """Distance from the tip (mm) beyond which the device is plain shaft: EI and GJ at their
+        shaft values and no rest curvature (1 mm past the end of the soft tip's transition and
+        of the last curve, so that :meth:`ei_scalar` gives exactly the shaft value there)."""
+        ends = [c.start_mm + c.length_mm for c in self.curves]
+        return max([self.soft_length_mm + max(self.transition_mm, 1e-9), *ends]) + 1.0
+
     def ei_at(self, sigma_mm: np.ndarray | float) -> np.ndarray:
         """Bending stiffness EI (N·mm²) at distance ``sigma_mm`` from the tip.
 

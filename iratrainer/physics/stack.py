@@ -22,6 +22,7 @@ Divergence (NaN, a node far outside every lumen) raises :class:`PhysicsError`.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -71,7 +72,21 @@ def rim_allowance(related_sd_mm: np.ndarray) -> np.ndarray:
     """How far (mm) the wall gives for nodes at ``related_sd_mm`` from the lumen of the vessel
     joined to theirs (:meth:`~iratrainer.anatomy.lumen.LumenIndex.related_depth`): all of
     ``CREST_MM`` within ``CREST_MM`` of it, none beyond twice that, linear between."""
-    return CREST_MM * np.clip(2.0 - related_sd_mm / CREST_MM, 0.0, 1.0)
+    sd = np.ascontiguousarray(related_sd_mm, dtype=np.float64)
+    return _rim_allowance_kernel(sd.ravel(), CREST_MM).reshape(sd.shape)
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _rim_allowance_kernel(sd, crest):  # pragma: no cover - numba
+    """:func:`rim_allowance` element by element (one pass, no temporaries; the per-step hot path)."""
+    out = np.empty_like(sd)
+    for k in range(sd.shape[0]):
+        v = 2.0 - sd[k] / crest
+        if v != v:  # NaN stays NaN, as np.clip
+            out[k] = v
+        else:
+            out[k] = crest * min(max(v, 0.0), 1.0)
+    return out
 
 
 def outside_rounded_mm(tree: VesselTree, points_mm: np.ndarray) -> np.ndarray:
@@ -624,6 +639,7 @@ class Rod:
         # axial stiffness EA (N): nitinol 50 GPa, braided polymer 2 GPa, over the annulus
         ea = (50_000.0 if spec.material == "nitinol" else 2_000.0) * area
         self.stretch_compliance = self.h / ea
+        self._uniform_from = spec.uniform_from_mm
         self._init_nodes(path_mm)
 
     # ------------------------------------------------------------------ geometry
@@ -737,7 +753,9 @@ class Rod:
         length changes, so a caller that keeps them past a step must copy them.
         """
         K = self.n_material
-        key = (K, self.inserted_mm)
+        # beyond the soft tip and the curves, the sheath nodes' values do not depend on where
+        # they are: the cache then holds for any inserted length
+        key = (K, -1.0 if self.sigma[-1] >= self._uniform_from else self.inserted_mm)
         if getattr(self, "_prof_key", None) == key:
             return self._prof_last
         if getattr(self, "_prof_k", -1) != K:
@@ -1005,6 +1023,9 @@ class DeviceStack:
             rel_ra = rel_rb = _NO_REL_RADII
         if pairs is None:
             pairs = self._link_pairs()
+        # at the rim of an ostium the node's cylinder is widened (see CREST_MM)
+        widen = self.solver != "primal" or not self.rim_in_solve
+        give = rim_allowance(crest) if widen else None
         inside = [_NO_NODES] * len(self.rods)
         for j, ks, *_ in pairs:
             inside[j] = ks
@@ -1016,9 +1037,8 @@ class DeviceStack:
             sl = slice(off, off + N)
             off += N
             R = q.radius_mm[sl]
-            if not self.rim_in_solve or self.solver != "primal":
-                # at the rim of an ostium the node's cylinder is widened (see CREST_MM)
-                R = R + rim_allowance(crest[sl])
+            if give is not None:
+                R = R + give[sl]
             if self.solver == "primal":
                 alpha, mag, _ = rod._profiles()
                 links = self._link_rows(k, pairs)
@@ -1106,7 +1126,7 @@ class DeviceStack:
                     raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
         q = self.tree.query(allx)
         self._query_cache = (allx, q)  # the next step starts where this one ended
-        ends = np.cumsum([len(r.x) for r in self.rods])
+        ends = np.array(list(itertools.accumulate(len(r.x) for r in self.rods)), np.int64)
         worst = _farthest_outside(q.signed_distance_mm, ends)  # the kinematic nodes at the sheath left out
         if worst > 5.0:
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {worst:.1f} mm outside every vessel")
