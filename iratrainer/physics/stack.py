@@ -97,6 +97,7 @@ def outside_rounded_mm(tree: VesselTree, points_mm: np.ndarray) -> np.ndarray:
     return q.signed_distance_mm - rim_allowance(related)
 
 
+HANDLE_MM = 50.0  # length of a device outside the sheath at full insertion: the hub and the hand (mm)
 MAX_TRAVEL_MM = 2.0  # no node travels farther in one step's solve (2 m/s): a snap unfolds over steps
 
 
@@ -624,7 +625,7 @@ class Rod:
         self.access = np.asarray(access_mm, dtype=np.float64)
         t = np.asarray(access_dir, dtype=np.float64)
         self.access_dir = t / np.linalg.norm(t)
-        self.inserted_mm = float(np.clip(inserted_mm, 0.0, spec.length_mm - 50.0))
+        self.inserted_mm = float(np.clip(inserted_mm, 0.0, self.max_inserted_mm))
         self.hub_angle = 0.0
         self.damping = float(damping)
         # reference vector of the material frame at the access point (perpendicular to the sheath)
@@ -663,6 +664,12 @@ class Rod:
         self.x = np.vstack([pts, self.access, self.access - self.h * self.access_dir])
         self.v = np.zeros_like(self.x)
         self.theta = np.zeros(len(self.x))
+
+    @property
+    def max_inserted_mm(self) -> float:
+        """The longest length (mm) of the device that can be in the patient: its length less
+        the 50 mm held in the hand and the hub outside the sheath."""
+        return self.spec.length_mm - HANDLE_MM
 
     @property
     def n_material(self) -> int:
@@ -908,7 +915,7 @@ class DeviceStack:
             a, r = self._clamp(rod.name, cmd)
             self._commanded[rod.name] = self._commanded.get(rod.name, 0.0) + a * dt
             new_len = rod.inserted_mm + a * dt
-            top = rod.spec.length_mm - 50.0
+            top = rod.max_inserted_mm
             if new_len > top:
                 if a > 0:
                     self.log.append(f"t={self.time_s:.3f}s {rod.name}: fully inserted, advance refused")

@@ -895,7 +895,7 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
     start = cath.inserted_mm
     seen_at = None
     while cath.inserted_mm - start < SIMMONS_PUSH_MAX_MM:
-        if cath.inserted_mm >= cath.spec.length_mm - 50.0 - 0.5:
+        if cath.inserted_mm >= cath.max_inserted_mm - 0.5:
             # fully inserted (the hub at the sheath): the push goes no further
             up.log.append(f"t={st.time_s:.2f}s {cath.name} fully inserted: the push stops there")
             break
