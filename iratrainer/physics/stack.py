@@ -308,6 +308,14 @@ def _rod_torsion(theta, hub_angle, x, t0, u0, mag, alpha, gj, wall_force, mu, ra
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _stack_torsion(thetas, hub_angles, xs, t0s, u0s, mags, alphas, gjs, wall_forces, mus, radii):  # pragma: no cover
+    """:func:`_rod_torsion` for every device of the stack in one call (tuples over the devices)."""
+    for k in range(len(xs)):
+        _rod_torsion(thetas[k], hub_angles[k], xs[k], t0s[k], u0s[k], mags[k], alphas[k], gjs[k], wall_forces[k],
+                     mus[k], radii[k])
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _coaxial_solve(xs, ws, ks_t, o1_t, o2_t, beta_t, js, plays, dt):  # pragma: no cover - numba
     """The coaxial links of the whole stack solved together, in place on the devices' nodes
     ``xs`` (inverse masses ``ws``): pair ``p`` holds the nodes ``ks_t[p]`` of device
@@ -604,10 +612,61 @@ def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, pl
     return i1, i2, w1, w2, t, tan, gap
 
 
+@nb.njit(cache=True, error_model="numpy")
+def _stack_contact_solve(xs, x0s, closest, axis, start, end, R, clears, t0s, u0s, thetas, mags, alphas, hs,
+                         rest_lasts, masses, s_alphas, c_alpha, n_iter, dt, max_step, mus, in_ks, in_o1, in_o2,
+                         in_beta, in_play, k_link, fn_prevs, k_stick, insides, rel_a, rel_b, rel_ra,
+                         rel_rb):  # pragma: no cover - numba
+    """The contact solve of every device of the stack, outermost first, in one call: per device
+    its link rows (:func:`_link_rows_kernel`, against the devices around it as they now are
+    and inside it as they were: one Gauss-Seidel sweep) and :func:`_rod_contact_solve`.
+
+    Per-device arguments are tuples over the devices (``xs`` solved in place); the per-node
+    wall arguments (``closest`` ... ``R``, and ``rel_*`` unless empty) run over all the
+    devices' nodes in order. ``in_ks[k]``, ``in_o1[k]``, ``in_o2[k]``, ``in_beta[k]``,
+    ``in_play[k]``: device k's nodes inside device k-1 and where they sit (empty for none; see
+    :meth:`DeviceStack._link_pairs`). Returns the wall force per node (N), all devices in order.
+    """
+    n_dev = len(xs)
+    total = 0
+    for k in range(n_dev):
+        total += xs[k].shape[0]
+    force = np.empty(total)
+    has_rel = rel_ra.shape[0] == total
+    off = 0
+    for k in range(n_dev):
+        x = xs[k]
+        N = x.shape[0]
+        e = off + N
+        ks = in_ks[k]
+        outer_x = xs[k - 1] if k > 0 and ks.shape[0] > 0 else x
+        if k + 1 < n_dev:
+            ks2, p1, p2, beta2, play2, xi = in_ks[k + 1], in_o1[k + 1], in_o2[k + 1], in_beta[k + 1], in_play[k + 1], \
+                xs[k + 1]
+        else:
+            ks2, p1, p2, beta2, play2, xi = in_ks[k], in_o1[k][:0], in_o2[k][:0], in_beta[k][:0], 0.0, x
+            ks2 = ks2[:0]
+        l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap = _link_rows_kernel(outer_x, ks, in_o1[k], in_o2[k], in_beta[k],
+                                                                      in_play[k], x, xi, ks2, p1, p2, beta2, play2)
+        if has_rel:
+            ra, rb, rra, rrb = rel_a[off:e], rel_b[off:e], rel_ra[off:e], rel_rb[off:e]
+        else:
+            ra, rb, rra, rrb = rel_a, rel_b, rel_ra, rel_rb
+        f = _rod_contact_solve(x, x0s[k], closest[off:e], axis[off:e], start[off:e], end[off:e], R[off:e], clears[k],
+                               t0s[k], u0s[k], thetas[k], mags[k], alphas[k], hs[k], rest_lasts[k], masses[k],
+                               s_alphas[k], c_alpha, n_iter, dt, max_step, mus[k], l_i1, l_i2, l_w1, l_w2, l_t, l_tan,
+                               l_gap, k_link, fn_prevs[k], k_stick, insides[k], ra, rb, rra, rrb)
+        force[off:e] = f
+        off = e
+    return force
+
+
 #: no node index (a shared empty argument, never written)
 _NO_NODES = np.zeros(0, np.int64)
 _NO_REL_POINTS = np.zeros((0, 3))  # no joined vessel's segments: the rims are rounded once per step
 _NO_REL_RADII = np.zeros(0)
+#: no nodes inside an outer device: (nodes, outer edges o1, o2, fraction β), read-only
+_NO_PAIR = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
 #: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
 _NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
@@ -935,7 +994,7 @@ class DeviceStack:
         self._coaxial(pairs)
         for k, rod in enumerate(self.rods):
             rod.v = (rod.x - x0[k]) / dt
-            self._torsion(k)
+        self._torsion_all()
         self._limit_hub_force()
         self.time_s += dt
         self._check()
@@ -1036,6 +1095,9 @@ class DeviceStack:
         inside = [_NO_NODES] * len(self.rods)
         for j, ks, *_ in pairs:
             inside[j] = ks
+        if self.solver == "primal":
+            self._primal_solve(x0, q, axis, start, end, clear, give, rel_a, rel_b, rel_ra, rel_rb, pairs, inside, final)
+            return
         off = 0
         # outermost first: each device is solved against the devices around it as they now are
         # and the devices inside it as they were (one Gauss-Seidel sweep over the stack per step)
@@ -1067,6 +1129,44 @@ class DeviceStack:
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = q.radius_mm[sl]
+
+    def _primal_solve(self, x0: list[np.ndarray], q: Any, axis: np.ndarray, start: np.ndarray, end: np.ndarray,
+                      clear: list[np.ndarray], give: np.ndarray | None, rel_a: np.ndarray, rel_b: np.ndarray,
+                      rel_ra: np.ndarray, rel_rb: np.ndarray,
+                      pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]],
+                      inside: list[np.ndarray], final: bool) -> None:
+        """Every device's primal contact solve in one compiled call (:func:`_stack_contact_solve`):
+        per device the rest shape, the solve with its wall, its coaxial links and friction, the
+        friction state for the next step and the wall force; a node inside another device
+        touches that device, not the vessel: the wall force there belongs to the outer device's
+        node."""
+        rods = self.rods
+        n = len(rods)
+        R = q.radius_mm if give is None else q.radius_mm + give
+        profiles = [rod._profiles() for rod in rods]
+        in_side: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = [_NO_PAIR] * n
+        play = np.zeros(n)
+        for j, ks, o1, o2, beta, gap in pairs:
+            in_side[j] = (ks, o1, o2, beta)
+            play[j] = gap
+        force = _stack_contact_solve(
+            tuple(rod.x for rod in rods), tuple(x0), q.closest_mm, axis, start, end, R, tuple(clear),
+            tuple(rod.access_dir for rod in rods), tuple(rod._u0() for rod in rods), tuple(rod.theta for rod in rods),
+            tuple(p[1] for p in profiles), tuple(p[0] for p in profiles), np.array([rod.h for rod in rods]),
+            np.array([max(rod.inserted_mm - rod.sigma[-1], 1e-3) for rod in rods]),
+            np.array([rod.mass_node for rod in rods]), np.array([rod.stretch_compliance for rod in rods]),
+            self.wall_compliance_mm_n, self.iterations, self.dt, self.max_step_mm,
+            np.array([rod.spec.friction for rod in rods]), tuple(s[0] for s in in_side), tuple(s[1] for s in in_side),
+            tuple(s[2] for s in in_side), tuple(s[3] for s in in_side), play, self.link_stiffness,
+            tuple(self._friction_state(k) for k in range(n)), self.friction_stiffness, tuple(inside),
+            rel_a, rel_b, rel_ra, rel_rb)
+        if final:
+            off = 0
+            for k, rod in enumerate(rods):
+                N = len(rod.x)
+                self.wall_force[k] = force[off:off + N]
+                self._node_radius[k] = q.radius_mm[off:off + N]
+                off += N
 
     def _friction_state(self, k: int) -> np.ndarray:
         """Device k's wall force at the previous step (N, per node), carried over by node index
@@ -1118,11 +1218,15 @@ class DeviceStack:
                        tuple(p[4] for p in pairs), np.array([p[0] for p in pairs], np.int64),
                        np.array([p[5] for p in pairs]), self.dt)
 
-    def _torsion(self, k: int) -> None:
-        rod = self.rods[k]
-        alpha, mag, gj = rod._profiles()
-        _rod_torsion(rod.theta, rod.hub_angle, rod.x, rod.access_dir, rod._u0(), mag, alpha, gj, self.wall_force[k],
-                     rod.spec.friction, rod.spec.outer_radius_mm)
+    def _torsion_all(self) -> None:
+        """Every device's twist update (:func:`_rod_torsion`) in one compiled call."""
+        rods = self.rods
+        profiles = [rod._profiles() for rod in rods]
+        _stack_torsion(tuple(rod.theta for rod in rods), np.array([rod.hub_angle for rod in rods]),
+                       tuple(rod.x for rod in rods), tuple(rod.access_dir for rod in rods),
+                       tuple(rod._u0() for rod in rods), tuple(p[1] for p in profiles), tuple(p[0] for p in profiles),
+                       tuple(p[2] for p in profiles), tuple(self.wall_force), np.array([rod.spec.friction for rod in rods]),
+                       np.array([rod.spec.outer_radius_mm for rod in rods]))
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
