@@ -227,3 +227,48 @@ def test_a_vertebral_that_will_not_take_the_vessel_is_changed_for_a_simmons_over
     assert st2.rods[0].inserted_mm == pytest.approx(ins - 45.0, abs=2.0)  # drawn back to 30 mm behind the wire
     assert st2.tip_branch(1) in route.labels and st2.tip_branch(0) in route.labels
     assert abs(new.s - (ins - 15.0)) < 25.0
+
+
+def test_the_tries_at_one_place_count_until_the_tip_is_well_past_them():
+    """Recoveries are counted from the first; the count is over once the tip is seen
+    ``TRIES_RESET_MM`` past the farthest of them, not before (a wire that goes into the
+    external carotid artery time after time uses up its tries)."""
+    from iratrainer.scenario.navigate import TRIES_RESET_MM, _Tries
+
+    t = _Tries()
+    t.passed(1000.0)  # nothing counted: nothing to clear
+    assert t.n == 0
+    assert [t.add(s) for s in (806.0, 812.0, 808.0)] == [1, 2, 3]
+    for s in (790.0, 812.0, 812.0 + TRIES_RESET_MM):  # back before it, at it, just at the limit
+        t.passed(s)
+        assert t.n == 3
+    t.passed(812.0 + TRIES_RESET_MM + 0.5)
+    assert t.n == 0
+    assert t.add(700.0) == 1 and t.at == 700.0  # a new place
+
+
+def test_a_wire_turned_back_goes_into_its_catheter_and_the_catheter_back_to_its_distance():
+    """Seen turned back, the wire is pulled alone into its catheter to ``FOLD_OUT_MM`` out; the
+    catheter, which the wire's pull-back left that close behind its tip, goes back to its
+    usual distance behind it (its offset) on the next pushes, so that the wire has room to
+    be steered (kept 10 mm behind, it pointed the wire into the external carotid time after time)."""
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack
+    from iratrainer.scenario.navigate import FOLD_OUT_MM, _Operator
+
+    tree = build_atlas()
+    route = _Route(tree, "R_CFA", "L_MCA_M1", [frontal(), lateral()])
+    cat = default_catalogue()
+    for behind in (30.0, 45.0):
+        ins = 450.0  # the descending aorta
+        st = DeviceStack(tree, [cat["vertebral_5F"], cat["guidewire_035_angled"]], inserted_mm=[ins - behind, ins],
+                         path_mm=route.pts[:int(np.searchsorted(route.arc, ins + 5.0)) + 2])
+        op = _Operator(st, route, [-behind, 0.0], np.random.default_rng(0), 60.0, 6)
+        op._back_into_catheter()
+        cath, wire = st.rods
+        assert wire.inserted_mm - cath.inserted_mm == pytest.approx(FOLD_OUT_MM, abs=1.0)
+        assert op.offsets == [-behind, 0.0]
+        assert "back to their usual distance" in op.log[-1]
+        for _ in range(20):
+            op.pulse(10.0)
+        assert wire.inserted_mm - cath.inserted_mm == pytest.approx(behind, abs=2.0)

@@ -45,11 +45,13 @@ What the operator does:
 * **recover**: when the projected tip leaves the roadmap by more than the vessel's
   half-width plus a margin on either plane, pull back to before the junction (to the
   roadmap only, past a selected branch), aim again, and try again (at most
-  ``max_attempts`` per junction).
+  ``max_attempts`` at one place: the count is over once the tip is seen 20 mm past the
+  farthest of them).
 * **unstick**: when the tip is seen to go less than 3 mm along the roadmap over 1 s of
   pushing (the device bows or loops behind it), pull back 10 mm and aim again; retries at
   one place go through the best aim, a quarter turn either side and the opposite side. A
-  lead seen turned back on itself is pulled back into its catheter instead.
+  lead seen turned back on itself is pulled back into its catheter instead, and the
+  catheters behind it back to their usual distance from it.
 * **puff**: once a catheter is seen up a branch it selected, a puff of contrast through it
   shows which vessel it is in (the one place the operator learns a vessel's name, as a
   puff shows it); not the vessel on the roadmap (a subclavian artery taken for the carotid
@@ -108,6 +110,7 @@ HOOK_PAST_MM = 15.0  # a hook takes the tip this far past the ostium before it i
 HOOK_SPIN_DEG_S = 360.0  # a hooked wire is pushed up the branch turning at this rate
 RETRY_SKIPS = (0, 1, 3, 2)  # quarter turns past the best aim, by retry at one place
 STALL_BACK_MM = 10.0  # then the tip is pulled back this far along the roadmap and aimed again
+TRIES_RESET_MM = 20.0  # the tries at a place are over once the tip is this far past it (mm of route)
 MAX_RESTARTS = 2  # times the operator starts a stretch again when the tries at one place are used up
 RESTART_BACK_MM = 60.0  # it pulls back this far short of the trouble first
 CROSS_MM = 10.0  # a microwire crossing a junction alone must be seen this far past it
@@ -636,6 +639,22 @@ class _Operator:
                 votes += 1
         return votes == len(dirs)
 
+    def _back_into_catheter(self) -> None:
+        """The lead (a wire out of its catheter, seen turned back) pulled back alone into its
+        catheter to ``FOLD_OUT_MM`` out of it. The catheters behind it then go back to their
+        usual distance from it (its offsets) where they are now closer: a catheter left 10 mm
+        behind the wire points the wire where its own tip points (into the external carotid
+        artery: seven pushes in a row, type I seed 1), and leaves it no room to be steered."""
+        outer = self.st.rods[self.lead_index - 1]
+        lead_offsets = list(self.offsets)
+        self.set_lead(self.lead_index, [None] * len(self.offsets))
+        self.advance_by(-(self.lead.inserted_mm - outer.inserted_mm - FOLD_OUT_MM), 10.0)
+        self.set_lead(self.lead_index, [None if o is None else min(r.inserted_mm - self.lead.inserted_mm, o)
+                                        for r, o in zip(self.st.rods, lead_offsets, strict=True)])
+        self.log.append(f"t={self.st.time_s:.2f}s the tip is seen turned back: the lead pulled back into its "
+                        f"catheter to {FOLD_OUT_MM:.0f} mm out, the catheters behind it back to their usual distance")
+        self.s, _ = self.where((-60.0, 20.0))
+
     def _skip(self, where_mm: float) -> int:
         """Quarter turns past the best aim for the next retry at ``where_mm`` along the route.
 
@@ -699,18 +718,17 @@ class _Operator:
             return [x for x in route.junctions if self.s - 5.0 < x < goal]
 
         pending = ahead()
-        tries = 0
+        tries = _Tries()
         pushed: list[float] = []  # where the tip was seen over the last pulses of pushing
         while True:
             s, off = self.where()
             if off:
                 pushed.clear()
                 j = max([x for x in route.junctions if x < s + 5.0], default=None)
-                tries += 1
-                if not self._attempt(tries, f"off the roadmap near {s:.0f} mm: pull back"):
+                if not self._attempt(tries.add(s), f"off the roadmap near {s:.0f} mm: pull back"):
                     if not self._start_again(s, j if j is not None else s):
                         return "gave_up"
-                    tries, pending = 0, ahead()
+                    tries.n, pending = 0, ahead()
                     continue
                 if j is not None and j in route.hooks:
                     # past a branch that had to be selected (hooked or probed): pull back only
@@ -748,7 +766,7 @@ class _Operator:
                         self.set_lead(wire, wire_offsets)
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries, pending = 0, ahead()
+                        tries.n, pending = 0, ahead()
                         continue
                     # the wire leads again, the catheter follows where it now is, or closer: taken
                     # back to its usual distance it left the wire without support in the ostium
@@ -769,7 +787,7 @@ class _Operator:
                     else:
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries, pending = 0, ahead()
+                        tries.n, pending = 0, ahead()
                         continue
                 else:
                     self.aim(nxt)
@@ -789,26 +807,16 @@ class _Operator:
                 if max(pushed) - pushed[0] < STALL_MM:
                     # the hub goes in, the tip does not: the device bows or loops somewhere
                     # behind it; pull back, turn, push again
-                    tries += 1
-                    if not self._attempt(tries, f"the tip does not follow the hub near {s:.0f} mm: pull back"):
+                    if not self._attempt(tries.add(s), f"the tip does not follow the hub near {s:.0f} mm: pull back"):
                         if not self._start_again(s, s):
                             return "gave_up"
-                        tries, pending = 0, ahead()
+                        tries.n, pending = 0, ahead()
                         pushed.clear()
                         continue
                     if self.lead_index > 0 and self._turned_back():
                         # a wire turned back on itself out of its catheter: pushing only
                         # feeds the loop; the wire alone back into its catheter, then aim again
-                        outer = self.st.rods[self.lead_index - 1]
-                        lead_offsets = list(self.offsets)
-                        self.set_lead(self.lead_index, [None] * len(self.offsets))
-                        self.advance_by(-(self.lead.inserted_mm - outer.inserted_mm - FOLD_OUT_MM), 10.0)
-                        # the others keep their places: the lead's offsets become what they now are
-                        self.set_lead(self.lead_index, [None if o is None else r.inserted_mm - self.lead.inserted_mm
-                                                        for r, o in zip(self.st.rods, lead_offsets, strict=True)])
-                        self.log.append(f"t={self.st.time_s:.2f}s the tip is seen turned back: the lead pulled "
-                                        f"back into its catheter to {FOLD_OUT_MM:.0f} mm out")
-                        self.s, _ = self.where((-60.0, 20.0))
+                        self._back_into_catheter()
                     else:
                         self._pull_back(lambda s2, _off, s=s: s2 < s - STALL_BACK_MM, 100)
                     passed = [x for x in route.junctions if x < s + 5.0]
@@ -818,8 +826,30 @@ class _Operator:
                         self.aim(s, skip=self._skip(s), along=True)
                     pushed.clear()
                     continue
-            if tries and nxt is None:
-                tries = 0
+            tries.passed(s)
+
+
+class _Tries:
+    """The operator's recoveries at one place (see :meth:`_Operator.run`): counted from the
+    first, and over once the tip is seen ``TRIES_RESET_MM`` past the farthest of them (the
+    tries there succeeded). Before, the count was cleared at every pulse once the last
+    junction before the goal was passed, and a wire that went into the external carotid
+    artery time after time was pulled back without end."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.at = -math.inf  # route arc (mm) of the farthest recovery counted
+
+    def add(self, s: float) -> int:
+        """One more recovery, the tip seen at route arc ``s`` (mm); returns the count."""
+        self.n += 1
+        self.at = s if self.n == 1 else max(self.at, s)
+        return self.n
+
+    def passed(self, s: float) -> None:
+        """The tip seen at ``s``: the count is cleared once it is well past the recoveries."""
+        if self.n and s > self.at + TRIES_RESET_MM:
+            self.n = 0
 
 
 def _reverse_curve(spec: DeviceSpec) -> bool:
