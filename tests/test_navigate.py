@@ -103,8 +103,9 @@ def test_navigate_reaches_the_left_m1_from_the_groin(tmp_path, arch):
     point, and those can differ between processors (numpy, for one, picks its kernels by the
     processor's SIMD extensions). Seed 0 reached in all three types on the thirteenth
     session's machine and in its CI; on the fourteenth session's machine (AVX2, no AVX-512)
-    type III seed 0 gives up, with the code of either session. So the test asks for the M1
-    from seed 0, or else from seed 1 (docs/physics.md)."""
+    type III seed 0 gave up, with the code of either session (with the fifteenth session's
+    operator it reaches there, in 334 s). So the test asks for the M1 from seed 0, or else
+    from seed 1 (docs/physics.md)."""
     tree = build_atlas(AtlasParams(arch=arch))
     for seed in (0, 1):
         out = tmp_path / f"nav{seed}"
