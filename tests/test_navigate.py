@@ -246,6 +246,9 @@ def test_the_tries_at_one_place_count_until_the_tip_is_well_past_them():
     t.passed(812.0 + TRIES_RESET_MM + 0.5)
     assert t.n == 0
     assert t.add(700.0) == 1 and t.at == 700.0  # a new place
+    t.add(705.0)
+    t.reset()  # the stretch started again
+    assert t.n == 0 and t.add(690.0) == 1 and t.at == 690.0
 
 
 def test_a_wire_turned_back_goes_into_its_catheter_and_the_catheter_back_to_its_distance():

@@ -35,7 +35,7 @@ from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
 from iratrainer.physics.catalogue import DeviceSpec
 from iratrainer.physics.chain import ROWS_PER_NODE, solve_chain
-from iratrainer.physics.primal import NO_LINKS, solve_chain_primal
+from iratrainer.physics.primal import solve_chain_primal
 from iratrainer.physics.solver import solve as solve_links
 
 __all__ = ["PhysicsError", "StackError", "HubCommand", "Rod", "DeviceStack", "SafetyEvent", "SafetyThresholds"]
@@ -568,7 +568,7 @@ def _rod_contact_solve(x, x0, closest, axis, start, end, R, r_dev, t0, u0, theta
 
 @nb.njit(cache=True)
 def _link_rows_kernel(xo, ks, o1, o2, beta, play, xk, xi, ks2, p1, p2, beta2, play2):  # pragma: no cover
-    """Link rows of one device (see :meth:`DeviceStack._link_rows`): first as the inner device
+    """Link rows of one device (for :func:`_stack_contact_solve`): first as the inner device
     (its nodes ``ks`` to the axis of the device around it, ``xo``, edges ``o1``-``o2`` at
     ``beta``), then as the outer one (its edges ``p1``-``p2`` at ``beta2`` to the inner
     device's nodes ``ks2`` of ``xi``). The axis direction of each link is the outer edge's."""
@@ -667,8 +667,6 @@ _NO_REL_POINTS = np.zeros((0, 3))  # no joined vessel's segments: the rims are r
 _NO_REL_RADII = np.zeros(0)
 #: no nodes inside an outer device: (nodes, outer edges o1, o2, fraction β), read-only
 _NO_PAIR = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
-#: a missing side of :meth:`DeviceStack._link_rows` (read-only: never written)
-_NO_SIDE = (np.zeros((1, 3)), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0.0)
 
 
 class Rod:
@@ -1033,31 +1031,6 @@ class DeviceStack:
             out.append((j, ks, o1, o2, beta, max(outer.spec.inner_radius_mm - inner.spec.outer_radius_mm, 0.0)))
         return out
 
-    def _link_rows(self, k: int, pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]
-                   ) -> tuple[Any, ...]:
-        """Device k's link rows for :func:`solve_chain_primal`, against the current positions of
-        the device around it (its axis where each inside node sits) and of the device inside
-        it (each inner node, held by the outer edge it sits in)."""
-        sides = []
-        for want in (k, k + 1):  # k as the inner device (its pair with k-1), then as the outer one
-            hit = None
-            for p in pairs:
-                if p[0] == want:
-                    hit = p
-                    break
-            if hit is None:
-                sides.append(_NO_SIDE)
-            else:
-                j, ks, o1, o2, beta, play = hit
-                other = self.rods[j - 1].x if want == k else self.rods[j].x
-                sides.append((other, ks, o1, o2, beta, play))
-        if len(sides[0][1]) == 0 and len(sides[1][1]) == 0:
-            return NO_LINKS
-        outer_x = sides[0][0] if len(sides[0][1]) else self.rods[k].x
-        return (*_link_rows_kernel(outer_x, sides[0][1], sides[0][2], sides[0][3], sides[0][4], sides[0][5],
-                                   self.rods[k].x, sides[1][0], sides[1][1], sides[1][2], sides[1][3], sides[1][4],
-                                   sides[1][5]), self.link_stiffness)
-
     def _contacts_and_solve(self, x0: list[np.ndarray], final: bool,
                             pairs: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]] | None = None
                             ) -> None:
@@ -1099,8 +1072,7 @@ class DeviceStack:
             self._primal_solve(x0, q, axis, start, end, clear, give, rel_a, rel_b, rel_ra, rel_rb, pairs, inside, final)
             return
         off = 0
-        # outermost first: each device is solved against the devices around it as they now are
-        # and the devices inside it as they were (one Gauss-Seidel sweep over the stack per step)
+        # the dual form (kept for comparison), device by device in the same order
         for k, rod in enumerate(self.rods):
             N = len(rod.x)
             sl = slice(off, off + N)
@@ -1108,24 +1080,10 @@ class DeviceStack:
             R = q.radius_mm[sl]
             if give is not None:
                 R = R + give[sl]
-            if self.solver == "primal":
-                alpha, mag, _ = rod._profiles()
-                links = self._link_rows(k, pairs)
-                # the rest shape, the solve, the friction state and the wall force in one call;
-                # a node inside another device touches that device, not the vessel: the wall
-                # force there belongs to the outer device's node
-                force = _rod_contact_solve(rod.x, x0[k], q.closest_mm[sl], axis[sl], start[sl], end[sl], R, clear[k],
-                                           rod.access_dir, rod._u0(), rod.theta, mag, alpha, rod.h,
-                                           max(rod.inserted_mm - rod.sigma[-1], 1e-3), rod.mass_node,
-                                           rod.stretch_compliance, self.wall_compliance_mm_n, self.iterations, self.dt,
-                                           self.max_step_mm, rod.spec.friction, *links, self._friction_state(k),
-                                           self.friction_stiffness, inside[k], rel_a[sl], rel_b[sl], rel_ra[sl],
-                                           rel_rb[sl])
-            else:
-                kb, alpha, _ = rod.rest_binormals()
-                force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
-                                                 kb, alpha, rod.rest_lengths())
-                force[inside[k]] = 0.0
+            kb, alpha, _ = rod.rest_binormals()
+            force = self._contact_solve_dual(rod, x0[k], q.closest_mm[sl], R - (clear[k] - rod.spec.outer_radius_mm),
+                                             kb, alpha, rod.rest_lengths())
+            force[inside[k]] = 0.0
             if final:
                 self.wall_force[k] = force
                 self._node_radius[k] = q.radius_mm[sl]

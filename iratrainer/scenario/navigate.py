@@ -728,7 +728,8 @@ class _Operator:
                 if not self._attempt(tries.add(s), f"off the roadmap near {s:.0f} mm: pull back"):
                     if not self._start_again(s, j if j is not None else s):
                         return "gave_up"
-                    tries.n, pending = 0, ahead()
+                    pending = ahead()
+                    tries.reset()
                     continue
                 if j is not None and j in route.hooks:
                     # past a branch that had to be selected (hooked or probed): pull back only
@@ -766,7 +767,8 @@ class _Operator:
                         self.set_lead(wire, wire_offsets)
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries.n, pending = 0, ahead()
+                        pending = ahead()
+                        tries.reset()
                         continue
                     # the wire leads again, the catheter follows where it now is, or closer: taken
                     # back to its usual distance it left the wire without support in the ostium
@@ -787,7 +789,8 @@ class _Operator:
                     else:
                         if not self._start_again(s, nxt):
                             return "gave_up"
-                        tries.n, pending = 0, ahead()
+                        pending = ahead()
+                        tries.reset()
                         continue
                 else:
                     self.aim(nxt)
@@ -810,7 +813,8 @@ class _Operator:
                     if not self._attempt(tries.add(s), f"the tip does not follow the hub near {s:.0f} mm: pull back"):
                         if not self._start_again(s, s):
                             return "gave_up"
-                        tries.n, pending = 0, ahead()
+                        pending = ahead()
+                        tries.reset()
                         pushed.clear()
                         continue
                     if self.lead_index > 0 and self._turned_back():
@@ -845,6 +849,10 @@ class _Tries:
         self.n += 1
         self.at = s if self.n == 1 else max(self.at, s)
         return self.n
+
+    def reset(self) -> None:
+        """A new stretch (started again): nothing counted."""
+        self.n = 0
 
     def passed(self, s: float) -> None:
         """The tip seen at ``s``: the count is cleared once it is well past the recoveries."""
