@@ -45,13 +45,27 @@ NO_TENSION = np.zeros(0)
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
 def _add_block(H, i, j, B, bw, scale):  # pragma: no cover - numba
-    """H[3i:3i+3, 3j:3j+3] += scale * B (banded storage H[r, c - r + bw]), only c >= r kept."""
-    for a in range(3):
-        r = 3 * i + a
-        for b in range(3):
-            c = 3 * j + b
-            if c >= r and c - r <= bw:
-                H[r, c - r + bw] += scale * B[a, b]
+    """H[3i:3i+3, 3j:3j+3] += scale * B (banded storage H[r, c - r + bw]), only c >= r kept.
+
+    The two cases of a chain (a diagonal block from its diagonal up; a block one or two nodes
+    off the diagonal, all of it in the band) are written without a test per entry."""
+    if i == j:
+        for a in range(3):
+            r = 3 * i + a
+            for b in range(a, 3):
+                H[r, b - a + bw] += scale * B[a, b]
+    elif i < j and 3 * (j - i) + 2 <= bw:
+        for a in range(3):
+            r = 3 * i + a
+            for b in range(3):
+                H[r, 3 * j + b - r + bw] += scale * B[a, b]
+    else:
+        for a in range(3):
+            r = 3 * i + a
+            for b in range(3):
+                c = 3 * j + b
+                if c >= r and c - r <= bw:
+                    H[r, c - r + bw] += scale * B[a, b]
 
 
 @nb.njit(cache=True, inline="always", error_model="numpy")
@@ -98,7 +112,8 @@ def _bend_terms(e1, e2, kb, J1, J2):  # pragma: no cover - numba
 def _block_cholesky_solve(A, b, N, bw, Ld, L1, L2, inv):  # pragma: no cover - numba
     """Solve A y = b in place on ``b`` for a chain's matrix: SPD, block pentadiagonal in 3×3
     node blocks (a node couples to its neighbours up to two away: bending), read from the
-    lower half of the band storage A[r, c - r + bw].
+    upper half of the band storage A[r, c - r + bw] (c >= r; the lower half is never read, so
+    the assembly writes the upper half only and no transposed copy is made).
 
     The block Cholesky factor has the same block structure: per node i, L[i, i-2] (``L2``),
     L[i, i-1] (``L1``) and the lower-triangular L[i, i] (``Ld``, pivots inverted in
@@ -116,7 +131,7 @@ def _block_cholesky_solve(A, b, N, bw, Ld, L1, L2, inv):  # pragma: no cover - n
             c0 = 3 * (i - 2)
             for a in range(3):
                 for bb in range(3):
-                    s = A[r0 + a, c0 + bb - r0 - a + bw]
+                    s = A[c0 + bb, r0 + a - c0 - bb + bw]
                     for k in range(bb):
                         s -= L2[i, a, k] * Ld[i - 2, bb, k]
                     L2[i, a, bb] = s * inv[i - 2, bb]
@@ -124,7 +139,7 @@ def _block_cholesky_solve(A, b, N, bw, Ld, L1, L2, inv):  # pragma: no cover - n
             c0 = 3 * (i - 1)
             for a in range(3):
                 for bb in range(3):
-                    s = A[r0 + a, c0 + bb - r0 - a + bw]
+                    s = A[c0 + bb, r0 + a - c0 - bb + bw]
                     if i >= 2:
                         for k in range(3):
                             s -= L2[i, a, k] * L1[i - 1, bb, k]
@@ -137,7 +152,7 @@ def _block_cholesky_solve(A, b, N, bw, Ld, L1, L2, inv):  # pragma: no cover - n
                     L1[i, a, bb] = s * inv[i - 1, bb]
         for a in range(3):
             for bb in range(a + 1):
-                s = A[r0 + a, bb - a + bw]
+                s = A[r0 + bb, a - bb + bw]
                 if i >= 1:
                     for k in range(3):
                         s -= L1[i, a, k] * L1[i, bb, k]
@@ -396,19 +411,19 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                     G[q, 0, a] = -J1[q, a]
                     G[q, 1, a] = J1[q, a] - J2[q, a]
                     G[q, 2, a] = J2[q, a]
+            # the blocks (ni, nj), ni <= nj, of kbend·GᵀG straight into the band's upper half
+            # (the (nj, ni) block is its transpose; a diagonal block only from its diagonal up)
             for p in range(3):
-                for s in range(3):
-                    ni, nj = c + 1 - p, c + 1 - s  # nodes (c+1, c, c-1)
-                    if nj < ni:
-                        continue
+                ni = c + 1 - p  # nodes (c+1, c, c-1)
+                for s in range(p + 1):
+                    nj = c + 1 - s
                     for a in range(3):
-                        for b in range(3):
+                        r = 3 * ni + a
+                        for b in range(a if s == p else 0, 3):
                             v = 0.0
                             for q in range(3):
                                 v += G[q, p, a] * G[q, s, b]
-                            B[a, b] = v
-                    # (ni, nj) with ni <= nj: the (nj, ni) block is its transpose, visited as (s, p)
-                    _add_block(H, ni, nj, B, bw, kbend)
+                            H[r, 3 * nj + b - r + bw] += kbend * v
             for q in range(3):
                 Cq = kb[q] - b_rest[c, q]
                 for p in range(3):
@@ -507,11 +522,8 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
             if c_on[k] and w[k] > 0.0:
                 Cc = c_n[k, 0] * x[k, 0] + c_n[k, 1] * x[k, 1] + c_n[k, 2] * x[k, 2] - c_d[k]
                 active[k] = Cc > 0.0
-        # the lower band from the upper once (the Cholesky reads the lower triangle); each pass
-        # adds the active walls' diagonal blocks to it and takes them back after the solve
-        for r in range(n):
-            for c2 in range(r + 1, min(n, r + bw + 1)):
-                H[c2, r - c2 + bw] = H[r, c2 - r + bw]
+        # each pass adds the active walls' diagonal blocks to the band (its upper half, which
+        # the Cholesky reads) and takes them back after the solve
         for _as in range(4):
             for r in range(n):
                 g2[r] = g[r]
@@ -522,7 +534,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 for a in range(3):
                     g2[3 * k + a] += kc * Cc * c_n[k, a]
                     for b in range(a + 1):
-                        H[3 * k + a, b - a + bw] += kc * c_n[k, a] * c_n[k, b]
+                        H[3 * k + b, a - b + bw] += kc * c_n[k, a] * c_n[k, b]
             for r in range(n):
                 g2[r] = -g2[r]
             _block_cholesky_solve(H, g2, N, bw, f_d, f_1, f_2, inv_piv)
@@ -530,7 +542,7 @@ def solve_chain_primal(x, x_pred, w, rest, b_rest, b_alpha, s_alpha, c_on, c_n, 
                 if active[k]:
                     for a in range(3):
                         for b in range(a + 1):
-                            H[3 * k + a, b - a + bw] -= kc * c_n[k, a] * c_n[k, b]
+                            H[3 * k + b, a - b + bw] -= kc * c_n[k, a] * c_n[k, b]
             more = False
             for k in range(N):
                 if active[k] or not c_on[k] or w[k] == 0.0:
