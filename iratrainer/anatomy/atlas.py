@@ -26,10 +26,12 @@ The labels are fixed (case files and tests use them); see :data:`REQUIRED_LABELS
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from iratrainer import libm
 from iratrainer.anatomy.tree import Branch, VesselTree
 from iratrainer.errors import AtlasError
 
@@ -276,10 +278,11 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
     centre = np.array([0.0, 0.0, -b_v])
     th = np.linspace(np.pi, 0.0, 9)
     normal = np.array([-0.866, 0.50, 0.0])  # horizontal, perpendicular to the arch plane
-    arch_pts = (centre + a_h * np.cos(th)[:, None] * u
-                + b_v * np.sin(th)[:, None] * np.array([0.0, 0.0, 1.0])
+    cos_th, sin_th = libm.cos(th), libm.sin(th)  # the C library's, on every machine (see iratrainer.libm)
+    arch_pts = (centre + a_h * cos_th[:, None] * u
+                + b_v * sin_th[:, None] * np.array([0.0, 0.0, 1.0])
                 # the arch is not quite planar: its limbs twist out of the plane
-                + (5.0 * (1.0 - np.sin(th)) * np.sign(np.cos(th)))[:, None] * normal)
+                + (5.0 * (1.0 - sin_th) * np.sign(cos_th))[:, None] * normal)
     start = arch_pts[0]
     fa = f("AORTA", 0.08)
     b.add("AO_ASC", [start + [4, -4, -55], start + [2, -4, -30], start], [31 * fa, 31 * fa, 30 * fa],
@@ -450,12 +453,12 @@ def build_atlas(params: AtlasParams | None = None) -> VesselTree:
                 # direction: azimuth from anterior (0 = straight lateral), elevation up
                 azr, elr = np.radians(az), np.radians(el)
                 lateral = 0.3 if trunk == "ACA_A2" else 1.0
-                d = np.array([sx * lateral * np.cos(elr) * np.cos(azr), np.cos(elr) * np.sin(azr),
-                              np.sin(elr)])
+                d = np.array([sx * lateral * math.cos(elr) * math.cos(azr), math.cos(elr) * math.sin(azr),
+                              math.sin(elr)])
                 d /= np.linalg.norm(d)
                 target = head_c + 68.0 * d
                 if trunk == "ACA_A2":
-                    target[0] = sx * (4.0 + 8.0 * abs(np.sin(azr)))
+                    target[0] = sx * (4.0 + 8.0 * abs(math.sin(azr)))
                 mid = p0 + 0.45 * (target - p0) + np.array([sx * 4.0, 0.0, 3.0])
                 r0 = float(pb.radii_mm[i0]) * 2 * 0.65
                 name = f"{side}_{trunk}_C{k + 1}"

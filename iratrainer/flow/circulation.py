@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from iratrainer import libm
 from iratrainer.flow.contrast import ContrastField, Injection
 from iratrainer.flow.network import ML_MIN, FlowNetwork, FlowSolution
 from iratrainer.flow.thrombectomy import ClotSpec, PassOutcome, tici_grade
@@ -38,7 +39,7 @@ def _sinus_path() -> np.ndarray:
     superior sagittal sinus from the frontal pole over the vertex to the torcula, both
     transverse and sigmoid sinuses, and the jugular bulbs."""
     phi = np.radians(np.arange(-70.0, 116.0, 6.0))
-    sss = np.c_[np.zeros_like(phi), 12.0 + 84.0 * np.sin(phi), 232.0 + 74.0 * np.cos(phi)]
+    sss = np.c_[np.zeros_like(phi), 12.0 + 84.0 * libm.sin(phi), 232.0 + 74.0 * libm.cos(phi)]
     torcula = sss[-1]
     parts = [sss]
     for side in (-1.0, 1.0):

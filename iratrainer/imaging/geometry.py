@@ -24,6 +24,7 @@ object at the isocentre is ``SID / SOD``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -112,14 +113,14 @@ class CArmPlane:
     @property
     def beam(self) -> np.ndarray:
         """Unit beam direction, source -> detector (LPS)."""
-        a, c = np.radians(self.lao_deg), np.radians(self.cran_deg)
-        return np.array([np.sin(a) * np.cos(c), -np.cos(a) * np.cos(c), np.sin(c)])
+        a, c = math.radians(self.lao_deg), math.radians(self.cran_deg)  # the C library's sin, cos (iratrainer.libm)
+        return np.array([math.sin(a) * math.cos(c), -math.cos(a) * math.cos(c), math.sin(c)])
 
     @property
     def u(self) -> np.ndarray:
         """Image column axis (to the right), unit, LPS."""
-        a = np.radians(self.lao_deg)
-        return np.array([np.cos(a), np.sin(a), 0.0])
+        a = math.radians(self.lao_deg)
+        return np.array([math.cos(a), math.sin(a), 0.0])
 
     @property
     def v(self) -> np.ndarray:

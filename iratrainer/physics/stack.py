@@ -31,6 +31,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from iratrainer import libm
 from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
 from iratrainer.physics.catalogue import DeviceSpec
@@ -643,9 +644,9 @@ def _stack_contact_solve(xs, x0s, closest, axis, start, end, R, clears, t0s, u0s
         if k + 1 < n_dev:
             ks2, p1, p2, beta2, play2, xi = in_ks[k + 1], in_o1[k + 1], in_o2[k + 1], in_beta[k + 1], in_play[k + 1], \
                 xs[k + 1]
-        else:
-            ks2, p1, p2, beta2, play2, xi = in_ks[k], in_o1[k][:0], in_o2[k][:0], in_beta[k][:0], 0.0, x
-            ks2 = ks2[:0]
+        else:  # the innermost device: nothing inside it
+            none = ks[:0]
+            ks2, p1, p2, beta2, play2, xi = none, none, none, in_beta[k][:0], 0.0, x
         l_i1, l_i2, l_w1, l_w2, l_t, l_tan, l_gap = _link_rows_kernel(outer_x, ks, in_o1[k], in_o2[k], in_beta[k],
                                                                       in_play[k], x, xi, ks2, p1, p2, beta2, play2)
         if has_rel:
@@ -829,7 +830,7 @@ class Rod:
             mag = np.empty(K + 2)
             gj = np.empty(K + 1)
             alpha[:K] = self.h / self.spec.ei_at(sig)
-            mag[:K] = 2.0 * np.tan(0.5 * self.spec.rest_curvature(sig) * self.h)
+            mag[:K] = 2.0 * libm.tan(0.5 * self.spec.rest_curvature(sig) * self.h)  # the C library's (iratrainer.libm)
             gj[:K - 1] = self.spec.gj_at(0.5 * (sig[:-1] + sig[1:])) / self.h
             self._prof_full = (alpha, mag, gj)
             self._prof_k = K
