@@ -42,6 +42,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from iratrainer import libm
 from iratrainer.anatomy.tree import VesselTree
 from iratrainer.errors import IratrainerError
 
@@ -96,7 +97,9 @@ def poiseuille_resistance(length_mm: np.ndarray, ra_mm: np.ndarray, rb_mm: np.nd
     """
     ra = np.asarray(ra_mm, dtype=np.float64)
     rb = np.asarray(rb_mm, dtype=np.float64)
-    return 8.0 * mu_pa_s * np.asarray(length_mm) * (ra * ra + ra * rb + rb * rb) / (3.0 * np.pi * ra ** 3 * rb ** 3)
+    # r³ from the C library (iratrainer.libm): the same last bit on every machine
+    return (8.0 * mu_pa_s * np.asarray(length_mm) * (ra * ra + ra * rb + rb * rb)
+            / (3.0 * np.pi * libm.power(ra, 3.0) * libm.power(rb, 3.0)))
 
 
 def annulus_resistance(length_mm: float, r_vessel_mm: float, r_device_mm: float,
@@ -357,7 +360,7 @@ class FlowNetwork:
                         break
             key_of.append(key)
         target = np.zeros(n_beds)
-        r3 = self.bed_radius_mm ** 3
+        r3 = libm.power(self.bed_radius_mm, 3.0)
         keys = sorted({k for k in key_of if k is not None})
         named = sum(territories[k] for k in keys) * ML_MIN
         # a partial tree (a segmented head) may carry less than the named territories' sum:
@@ -430,7 +433,9 @@ class FlowNetwork:
     # ------------------------------------------------------------------ solving
     def cell_resistance(self) -> np.ndarray:
         """Current resistance of every cell, Pa·s/mm³ (modifiers applied)."""
-        r = self.cell_r0 / self.radius_scale ** 4
+        r = self.cell_r0.copy()
+        narrowed = np.flatnonzero(self.radius_scale != 1.0)  # r⁴ from the C library (iratrainer.libm)
+        r[narrowed] = self.cell_r0[narrowed] / libm.power(self.radius_scale[narrowed], 4.0)
         dev = self.device_radius_mm
         for c in np.flatnonzero(dev > 0):
             rv = self.cell_radius_mm[c] * self.radius_scale[c]
