@@ -149,13 +149,22 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
     otherwise). An active-set iteration: with the stick/slip state fixed, the optimality
     conditions are a tridiagonal system (Thomas algorithm, O(N)); nodes whose slip would
     reverse stick, stuck nodes whose torque exceeds friction slip; repeat until the state
-    holds (``n_iter`` at most). The hub's rotation reaches the tip in one step along a
-    frictionless wire; a Gauss-Seidel sweep would move it ~one node per sweep.
+    holds (``n_iter`` solves after the first at most). The first solve is frictionless, and
+    each node then slips the way it turned in it. A node that friction cannot hold
+    (``tau_max = 0``: off the wall, or inside another device) is never stuck. It used to be
+    stuck whenever it turned against the first guess of a forward slip, then freed one node
+    per iteration from the hub: a wire turned backwards stood still but for the 20 nodes
+    next to the hub, and a frictionless wire's tip lagged the hub by 15 steps one way and
+    followed it at once the other. The hub's rotation reaches the tip in one step along a
+    frictionless wire, either way; a Gauss-Seidel sweep would move it ~one node per sweep.
     """
     n = theta.shape[0]
     if n < 2:
         return
-    state = np.zeros(n, np.int64)  # 0 stick, +1/-1 slipping forwards/backwards
+    # the friction's sign per node: +1/-1 slipping forwards/backwards (friction against it), 0
+    # free (no friction: the first, frictionless solve, and nodes friction cannot hold)
+    state = np.zeros(n, np.int64)
+    stuck = np.zeros(n, np.bool_)
     a = np.zeros(n)
     b = np.zeros(n)
     c = np.zeros(n)
@@ -163,14 +172,12 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
     cp = np.zeros(n)
     dp = np.zeros(n)
     m = n - 1  # unknowns 0 .. n-2; node n-1 prescribed
-    # first guess: every node where friction cannot hold the frictionless torque slips
-    for k in range(m):
-        state[k] = 1
-    for _ in range(max(n_iter, 1)):
+    first = True
+    for _ in range(max(n_iter, 1) + 1):
         for k in range(m):
             gp = gj_edge[k]
             gd = gj_edge[k - 1] if k > 0 else 0.0
-            if state[k] == 0 or gp + gd <= 0.0:
+            if stuck[k] or gp + gd <= 0.0:
                 a[k] = 0.0
                 b[k] = 1.0
                 c[k] = 0.0
@@ -193,14 +200,29 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
         for k in range(m - 2, -1, -1):
             theta[k] = dp[k] - cp[k] * theta[k + 1]
         changed = False
+        if first:
+            # each node that friction can hold slips the way it turned without friction (or
+            # sticks, if it did not turn)
+            first = False
+            for k in range(m):
+                if tau_max[k] > 0.0 and gj_edge[k] + (gj_edge[k - 1] if k > 0 else 0.0) > 0.0:
+                    dth = theta[k] - theta0[k]
+                    if dth == 0.0:
+                        stuck[k] = True
+                    else:
+                        state[k] = 1 if dth > 0.0 else -1
+                    changed = True
+            if not changed:
+                break
+            continue
         for k in range(m):
             gp = gj_edge[k]
             gd = gj_edge[k - 1] if k > 0 else 0.0
-            if gp + gd <= 0.0:
+            if gp + gd <= 0.0 or tau_max[k] <= 0.0:  # a free node stays free
                 continue
-            if state[k] != 0:
+            if not stuck[k]:
                 if (theta[k] - theta0[k]) * state[k] <= 0.0:  # the slip would reverse: stick
-                    state[k] = 0
+                    stuck[k] = True
                     changed = True
             else:
                 # the torque the wall must hold at a stuck node
@@ -208,6 +230,7 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
                 if k > 0:
                     r += gd * (theta[k - 1] - theta[k])
                 if abs(r) > tau_max[k] * (1.0 + 1e-9) + 1e-15:
+                    stuck[k] = False
                     state[k] = 1 if r > 0.0 else -1
                     changed = True
         if not changed:

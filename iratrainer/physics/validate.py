@@ -6,8 +6,9 @@ Each check yields ``{"check", "value", "reference", "error", "tolerance", "passe
   against δ = F·L³ / (3·E·I) (Euler-Bernoulli), within 3%.
 * ``cantilever_elastica``: tip rotation under a large load (F·L²/EI = 3), against the
   elastica, θ'' = -(F/EI)·cos θ, θ(0) = 0, θ'(L) = 0, solved by shooting (scipy).
-* ``torque_transmission``: a wire in a straight tube, no friction: after the hub turns by
-  90°, the tip has turned by 90° (steady state, one to one).
+* ``torque_transmission``, ``torque_transmission_backwards``: a wire in a straight tube, no
+  friction: after the hub turns by +90° (or -90°), the tip has turned by as much (steady
+  state, one to one).
 * ``no_energy_gain``: a shaped wire released inside a curved tube with no hub input: its
   elastic energy never increases from one step to the next.
 * ``fuzz``: seeded random hub inputs at full speed in the atlas: no NaN, no node outside
@@ -125,17 +126,18 @@ def check_cantilever() -> Iterator[dict[str, Any]]:
 
 
 def check_torque() -> Iterator[dict[str, Any]]:
-    """One-to-one torque transmission in a straight tube without friction."""
+    """One-to-one torque transmission in a straight tube without friction, turned either way."""
     spec = replace(default_catalogue()["microwire_014"], friction=0.0, curves=())
     tree = _tube()
-    st = DeviceStack(tree, [spec], access_label="TUBE", inserted_mm=[150.0])
-    rod = st.rods[0]
-    for _ in range(500):
-        st.step({spec.name: HubCommand(0.0, 180.0)})  # 90 degrees in 0.5 s
-    for _ in range(500):
-        st.step()
-    yield _check("torque_transmission", math.degrees(rod.theta[0]), math.degrees(rod.hub_angle), 0.01,
-                 unit="deg", workload="0.014 in wire, 150 mm in a straight 4 mm tube, hub turned 90 deg")
+    for name, deg_s in (("torque_transmission", 180.0), ("torque_transmission_backwards", -180.0)):
+        st = DeviceStack(tree, [spec], access_label="TUBE", inserted_mm=[150.0])
+        rod = st.rods[0]
+        for _ in range(500):
+            st.step({spec.name: HubCommand(0.0, deg_s)})  # 90 degrees in 0.5 s
+        for _ in range(500):
+            st.step()
+        yield _check(name, math.degrees(rod.theta[0]), math.degrees(rod.hub_angle), 0.01, unit="deg",
+                     workload=f"0.014 in wire, 150 mm in a straight 4 mm tube, hub turned {math.copysign(90, deg_s):+.0f} deg")
 
 
 def check_energy() -> Iterator[dict[str, Any]]:
