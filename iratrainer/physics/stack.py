@@ -395,6 +395,22 @@ def _farthest_outside(sd, ends):  # pragma: no cover - numba
     return worst
 
 
+@nb.njit(cache=True)
+def _first_nonfinite(xs, thetas):  # pragma: no cover - numba
+    """Index of the first device whose positions or twist hold a NaN or an infinity; -1 if none."""
+    for k in range(len(xs)):
+        x = xs[k]
+        for i in range(x.shape[0]):
+            for c in range(3):
+                if not np.isfinite(x[i, c]):
+                    return k
+        th = thetas[k]
+        for i in range(th.shape[0]):
+            if not np.isfinite(th[i]):
+                return k
+    return -1
+
+
 @nb.njit(cache=True, error_model="numpy")
 def _total_turn(x):  # pragma: no cover - numba
     """Sum of the turning angles (rad) between successive edges of the chain ``x``."""
@@ -878,6 +894,22 @@ class Rod:
         return (kb, alpha, mag, n) if with_normals else (kb, alpha, mag)
 
 
+@dataclass(frozen=True)
+class _StackConstants:
+    """Per-device values that do not change while the stack runs, as arrays and tuples over the
+    devices (outermost first): sheath direction and frame, node spacing (mm), node mass
+    (N·s²/mm), stretch compliance (mm/N), wall friction coefficient, outer radius (mm)."""
+
+    rods: tuple[Rod, ...]
+    t0s: tuple[np.ndarray, ...]
+    u0s: tuple[np.ndarray, ...]
+    hs: np.ndarray
+    masses: np.ndarray
+    stretch: np.ndarray
+    mus: np.ndarray
+    radii: np.ndarray
+
+
 class DeviceStack:
     """A coaxial stack in a vessel tree, outermost first; driven by :class:`HubCommand` per device.
 
@@ -973,6 +1005,7 @@ class DeviceStack:
         #: the most a hand pushes or pulls at a hub before the device slips in the fingers (N)
         self.hub_force_max_n = HUB_FORCE_MAX_N
         self._fn_prev = [np.zeros(len(r.x)) for r in self.rods]
+        self._const: _StackConstants | None = None
 
     # ------------------------------------------------------------------ inputs
     def _clamp(self, name: str, cmd: HubCommand) -> tuple[float, float]:
@@ -1131,14 +1164,14 @@ class DeviceStack:
         for j, ks, o1, o2, beta, gap in pairs:
             in_side[j] = (ks, o1, o2, beta)
             play[j] = gap
+        c = self._constants()
         force = _stack_contact_solve(
             tuple(rod.x for rod in rods), tuple(x0), q.closest_mm, axis, start, end, R, tuple(clear),
-            tuple(rod.access_dir for rod in rods), tuple(rod._u0() for rod in rods), tuple(rod.theta for rod in rods),
-            tuple(p[1] for p in profiles), tuple(p[0] for p in profiles), np.array([rod.h for rod in rods]),
+            c.t0s, c.u0s, tuple(rod.theta for rod in rods),
+            tuple(p[1] for p in profiles), tuple(p[0] for p in profiles), c.hs,
             np.array([max(rod.inserted_mm - rod.sigma[-1], 1e-3) for rod in rods]),
-            np.array([rod.mass_node for rod in rods]), np.array([rod.stretch_compliance for rod in rods]),
-            self.wall_compliance_mm_n, self.iterations, self.dt, self.max_step_mm,
-            np.array([rod.spec.friction for rod in rods]), tuple(s[0] for s in in_side), tuple(s[1] for s in in_side),
+            c.masses, c.stretch, self.wall_compliance_mm_n, self.iterations, self.dt, self.max_step_mm,
+            c.mus, tuple(s[0] for s in in_side), tuple(s[1] for s in in_side),
             tuple(s[2] for s in in_side), tuple(s[3] for s in in_side), play, self.link_stiffness,
             tuple(self._friction_state(k) for k in range(n)), self.friction_stiffness, tuple(inside),
             rel_a, rel_b, rel_ra, rel_rb)
@@ -1204,19 +1237,31 @@ class DeviceStack:
         """Every device's twist update (:func:`_rod_torsion`) in one compiled call."""
         rods = self.rods
         profiles = [rod._profiles() for rod in rods]
+        c = self._constants()
         _stack_torsion(tuple(rod.theta for rod in rods), np.array([rod.hub_angle for rod in rods]),
-                       tuple(rod.x for rod in rods), tuple(rod.access_dir for rod in rods),
-                       tuple(rod._u0() for rod in rods), tuple(p[1] for p in profiles), tuple(p[0] for p in profiles),
-                       tuple(p[2] for p in profiles), tuple(self.wall_force), np.array([rod.spec.friction for rod in rods]),
-                       np.array([rod.spec.outer_radius_mm for rod in rods]))
+                       tuple(rod.x for rod in rods), c.t0s, c.u0s, tuple(p[1] for p in profiles),
+                       tuple(p[0] for p in profiles), tuple(p[2] for p in profiles), tuple(self.wall_force), c.mus,
+                       c.radii)
+
+    def _constants(self) -> _StackConstants:
+        """The devices' fixed values as the compiled calls take them, gathered once."""
+        c = self._const
+        rods = tuple(self.rods)
+        if c is None or c.rods != rods:  # (a device is equal only to itself)
+            c = _StackConstants(rods, tuple(r.access_dir for r in rods), tuple(r._u0() for r in rods),
+                                np.array([r.h for r in rods]), np.array([r.mass_node for r in rods]),
+                                np.array([r.stretch_compliance for r in rods]),
+                                np.array([r.spec.friction for r in rods]),
+                                np.array([r.spec.outer_radius_mm for r in rods]))
+            self._const = c
+        return c
 
     # ------------------------------------------------------------------ checks and signals
     def _check(self) -> None:
+        bad = _first_nonfinite(tuple(r.x for r in self.rods), tuple(r.theta for r in self.rods))
+        if bad >= 0:
+            raise PhysicsError(f"t={self.time_s:.3f}s: '{self.rods[bad].name}' diverged (NaN in the state)")
         allx = np.vstack([r.x for r in self.rods])
-        if not np.isfinite(allx.sum()) or not np.isfinite(sum(float(r.theta.sum()) for r in self.rods)):
-            for rod in self.rods:
-                if not np.all(np.isfinite(rod.x)) or not np.all(np.isfinite(rod.theta)):
-                    raise PhysicsError(f"t={self.time_s:.3f}s: '{rod.name}' diverged (NaN in the state)")
         q = self.tree.query(allx)
         self._query_cache = (allx, q)  # the next step starts where this one ended
         ends = np.array(list(itertools.accumulate(len(r.x) for r in self.rods)), np.int64)
@@ -1238,7 +1283,7 @@ class DeviceStack:
         for rod in self.rods:
             K = rod.n_material
             rest = rod.inserted_mm - rod.sigma[-1]
-            actual = math.dist(rod.x[K - 1], rod.x[K])
+            actual = math.dist(*rod.x[K - 1:K + 1].tolist())
             force = (rest - actual) / rod.stretch_compliance
             if abs(force) > limit:
                 pushing = force > 0.0
@@ -1254,7 +1299,7 @@ class DeviceStack:
         """Buckling (the hub goes in, the tip does not) and looping (the device turns back on itself)."""
         for k, rod in enumerate(self.rods):
             hist = self._push_history[k]
-            hist.append((self.time_s, self._commanded.get(rod.name, 0.0), tuple(rod.x[0])))
+            hist.append((self.time_s, self._commanded.get(rod.name, 0.0), tuple(rod.x[0].tolist())))
             while hist and self.time_s - hist[0][0] > 0.5:
                 hist.popleft()
             buckled = False
