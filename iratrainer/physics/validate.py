@@ -136,8 +136,9 @@ def check_torque() -> Iterator[dict[str, Any]]:
             st.step({spec.name: HubCommand(0.0, deg_s)})  # 90 degrees in 0.5 s
         for _ in range(500):
             st.step()
+        turn = math.copysign(90.0, deg_s)
         yield _check(name, math.degrees(rod.theta[0]), math.degrees(rod.hub_angle), 0.01, unit="deg",
-                     workload=f"0.014 in wire, 150 mm in a straight 4 mm tube, hub turned {math.copysign(90, deg_s):+.0f} deg")
+                     workload=f"0.014 in wire, 150 mm in a straight 4 mm tube, hub turned {turn:+.0f} deg")
 
 
 def check_energy() -> Iterator[dict[str, Any]]:
