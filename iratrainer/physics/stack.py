@@ -438,14 +438,19 @@ def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
     N = x.shape[0]
     tau = np.zeros(N)
     for c in range(1, N - 1):
-        e1 = x[c] - x[c + 1]
-        e2 = x[c - 1] - x[c]
-        n1 = np.sqrt(e1[0] ** 2 + e1[1] ** 2 + e1[2] ** 2)
-        n2 = np.sqrt(e2[0] ** 2 + e2[1] ** 2 + e2[2] ** 2)
-        D = max(n1 * n2 + e1[0] * e2[0] + e1[1] * e2[1] + e1[2] * e2[2], 1e-9 * n1 * n2 + 1e-300)
-        k0 = 2.0 * (e1[1] * e2[2] - e1[2] * e2[1]) / D
-        k1 = 2.0 * (e1[2] * e2[0] - e1[0] * e2[2]) / D
-        k2 = 2.0 * (e1[0] * e2[1] - e1[1] * e2[0]) / D
+        # the two edges as scalars (row slices would allocate two arrays per node)
+        a0 = x[c, 0] - x[c + 1, 0]
+        a1 = x[c, 1] - x[c + 1, 1]
+        a2 = x[c, 2] - x[c + 1, 2]
+        b0 = x[c - 1, 0] - x[c, 0]
+        b1 = x[c - 1, 1] - x[c, 1]
+        b2 = x[c - 1, 2] - x[c, 2]
+        n1 = np.sqrt(a0 ** 2 + a1 ** 2 + a2 ** 2)
+        n2 = np.sqrt(b0 ** 2 + b1 ** 2 + b2 ** 2)
+        D = max(n1 * n2 + a0 * b0 + a1 * b1 + a2 * b2, 1e-9 * n1 * n2 + 1e-300)
+        k0 = 2.0 * (a1 * b2 - a2 * b1) / D
+        k1 = 2.0 * (a2 * b0 - a0 * b2) / D
+        k2 = 2.0 * (a0 * b1 - a1 * b0) / D
         tau[c] = -((k0 - kb[c, 0]) * nrm[c, 0] + (k1 - kb[c, 1]) * nrm[c, 1]
                    + (k2 - kb[c, 2]) * nrm[c, 2]) * mag[c] / alpha[c]
     return tau
