@@ -154,8 +154,8 @@ def _torsion_kernel(theta, theta0, gj_edge, tau_bend, k_bend, tau_max, n_iter): 
     (``tau_max = 0``: off the wall, or inside another device) is never stuck. It used to be
     stuck whenever it turned against the first guess of a forward slip, then freed one node
     per iteration from the hub: a wire turned backwards stood still but for the 20 nodes
-    next to the hub, and a frictionless wire's tip lagged the hub by 15 steps one way and
-    followed it at once the other. The hub's rotation reaches the tip in one step along a
+    next to the hub (a frictionless wire's tip turned -0.17° in 40 steps while its hub turned
+    -14.4°, and followed at once the other way). The hub's rotation reaches the tip in one step along a
     frictionless wire, either way; a Gauss-Seidel sweep would move it ~one node per sweep.
     """
     n = theta.shape[0]
