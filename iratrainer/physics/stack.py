@@ -22,7 +22,6 @@ Divergence (NaN, a node far outside every lumen) raises :class:`PhysicsError`.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -433,6 +432,15 @@ def _total_turn(x):  # pragma: no cover - numba
 
 
 @nb.njit(cache=True, error_model="numpy")
+def _total_turns(xs):  # pragma: no cover - numba
+    """:func:`_total_turn` of every device (a tuple of chains) in one call (rad each)."""
+    out = np.empty(len(xs))
+    for k in range(len(xs)):
+        out[k] = _total_turn(xs[k])
+    return out
+
+
+@nb.njit(cache=True, error_model="numpy")
 def _shape_torque(x, kb, mag, nrm, alpha):  # pragma: no cover - numba
     """Coupling torque of the shaped tip on the twist: -dE/dθ = (κb - κb_rest)·(2 tan(φ/2) n) / α."""
     N = x.shape[0]
@@ -566,25 +574,42 @@ def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - num
     sits in and the fraction β along it (see :meth:`DeviceStack._link_pairs`)."""
     K = sigma_o.shape[0]
     n = sigma_i.shape[0]
-    so = np.empty(n)
     m = 0
     for k in range(n):
-        so[k] = ins_o - (ins_i - sigma_i[k])  # the node's σ on the outer device
-        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
+        so = ins_o - (ins_i - sigma_i[k])  # the node's σ on the outer device
+        if so >= 0.0 and so <= ins_o - 0.1:
             m += 1
     ks = np.empty(m, np.int64)
+    o1 = np.empty(m, np.int64)
+    o2 = np.empty(m, np.int64)
+    beta = np.empty(m)
+    # the fractional index of each node's σ among the outer nodes' (σ_0 .. σ_K-1, then the hub
+    # at ins_o): one walk, both increasing; the arithmetic of np.interp over (xp, 0..K), bit for bit
+    j = 0
     q = 0
     for k in range(n):
-        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
-            ks[q] = k
-            q += 1
-    xp = np.empty(K + 1)
-    xp[:K] = sigma_o
-    xp[K] = ins_o
-    pos = np.interp(so[ks], xp, np.arange(K + 1.0))
-    o1 = np.minimum(np.floor(pos).astype(np.int64), K)
-    o2 = np.minimum(o1 + 1, K)
-    beta = pos - o1
+        so = ins_o - (ins_i - sigma_i[k])
+        if not (so >= 0.0 and so <= ins_o - 0.1):
+            continue
+        while j < K and (sigma_o[j + 1] if j + 1 < K else ins_o) <= so:
+            j += 1
+        x_j = sigma_o[j] if j < K else ins_o
+        if so < sigma_o[0]:
+            pos = 0.0
+        elif j == K or x_j == so:
+            pos = float(j)
+        else:
+            x_j1 = sigma_o[j + 1] if j + 1 < K else ins_o
+            slope = 1.0 / (x_j1 - x_j)
+            pos = slope * (so - x_j) + j
+            if np.isnan(pos):
+                pos = slope * (so - x_j1) + (j + 1)
+        ks[q] = k
+        i1 = min(int(np.floor(pos)), K)
+        o1[q] = i1
+        o2[q] = min(i1 + 1, K)
+        beta[q] = pos - i1
+        q += 1
     return ks, o1, o2, beta
 
 
@@ -1269,7 +1294,7 @@ class DeviceStack:
         allx = np.vstack([r.x for r in self.rods])
         q = self.tree.query(allx)
         self._query_cache = (allx, q)  # the next step starts where this one ended
-        ends = np.array(list(itertools.accumulate(len(r.x) for r in self.rods)), np.int64)
+        ends = np.cumsum([len(r.x) for r in self.rods])
         worst = _farthest_outside(q.signed_distance_mm, ends)  # the kinematic nodes at the sheath left out
         if worst > 5.0:
             raise PhysicsError(f"t={self.time_s:.3f}s: a device node is {worst:.1f} mm outside every vessel")
@@ -1302,6 +1327,7 @@ class DeviceStack:
 
     def _shape_events(self) -> None:
         """Buckling (the hub goes in, the tip does not) and looping (the device turns back on itself)."""
+        turns = _total_turns(tuple(rod.x for rod in self.rods)).tolist()
         for k, rod in enumerate(self.rods):
             hist = self._push_history[k]
             hist.append((self.time_s, self._commanded.get(rod.name, 0.0), tuple(rod.x[0].tolist())))
@@ -1314,7 +1340,7 @@ class DeviceStack:
                 buckled = pushed > 5.0 and tip_moved < 0.2 * pushed
             # looping: the total turning of the inserted device exceeds 360 degrees between two
             # points less than 3 device diameters apart
-            looped = bool(_total_turn(rod.x) > 2 * np.pi + 0.5 and self._self_contact(rod))
+            looped = bool(turns[k] > 2 * np.pi + 0.5 and self._self_contact(rod))
             for kind, on in (("buckling", buckled), ("loop", looped)):
                 key = (kind, rod.name)
                 if on and not self._shape_flags.get(key, False):
