@@ -276,3 +276,46 @@ def test_a_wire_turned_back_goes_into_its_catheter_and_the_catheter_back_to_its_
         for _ in range(20):
             op.pulse(10.0)
         assert wire.inserted_mm - cath.inserted_mm == pytest.approx(behind, abs=2.0)
+
+
+def test_from_a_held_catheter_the_wire_is_aimed_only_with_its_angled_tip_out_and_pulled_back_no_further():
+    """``keep_out`` (the wire out of a formed Simmons): turned with its angled tip (3-11 mm from
+    the end) still inside the catheter, the wire's projected tip does not move, and the eight
+    aim scores are flat; the aim first pushes the tip ``SIMMONS_TIP_OUT_MM`` out, and then the
+    scores spread. A pull-back stops with the tip that far out (it pulled the wire back inside
+    the catheter, and every aim after it was flat again: type II seed 2)."""
+    import re
+
+    from iratrainer.physics.catalogue import default_catalogue
+    from iratrainer.physics.stack import DeviceStack
+    from iratrainer.scenario.navigate import SIMMONS_TIP_OUT_MM, _Operator
+
+    tree = build_atlas()
+    route = _Route(tree, "R_CFA", "L_MCA_M1", [frontal(), lateral()])
+    j = max(route.hooks)  # the LCCA's ostium
+    ins = j - 60.0
+    cat = default_catalogue()
+
+    def spread(op: _Operator) -> float:
+        scores = [float(v) for v in re.search(r"scores ([^)]*)\)", op.log[-1]).group(1).split(", ")]
+        return max(scores) - min(scores)
+
+    spreads = {}
+    for keep in (False, True):
+        st = DeviceStack(tree, [cat["vertebral_5F"], cat["guidewire_035_angled"]], inserted_mm=[ins, ins - 5.0],
+                         path_mm=route.pts[:int(np.searchsorted(route.arc, ins + 5.0)) + 2])
+        op = _Operator(st, route, [None, 0.0], np.random.default_rng(0), 120.0, 6)
+        if keep:
+            op.keep_out = (0, SIMMONS_TIP_OUT_MM)
+        op.aim(j)
+        out = st.rods[1].inserted_mm - st.rods[0].inserted_mm
+        spreads[keep] = spread(op)
+        if keep:
+            assert out == pytest.approx(SIMMONS_TIP_OUT_MM, abs=1.0)
+            op.advance_by(20.0, 10.0)
+            op._pull_back(lambda _s, _off: False, 100)  # never done: the catheter stops it
+            out = st.rods[1].inserted_mm - st.rods[0].inserted_mm
+            assert SIMMONS_TIP_OUT_MM - 0.5 <= out <= SIMMONS_TIP_OUT_MM + 1.5
+        else:
+            assert out == pytest.approx(-5.0, abs=0.5)  # the aim moved nothing but the hub
+    assert spreads[False] < 1.0 < 5.0 < spreads[True], spreads

@@ -33,9 +33,11 @@ What the operator does:
   steep ascending side of a tall arch, backwards from the descending aorta. The wire-led
   stack goes on round the arch and down the ascending aorta; the wire is drawn back and the
   catheter pushed against the valve until its tip is seen turned back (the loop formed);
-  it is then drawn back, tip first, to just short of the first arch vessel. From its tip
-  the arch vessels lie ahead, and the wire goes out of it and selects the vessel as at any
-  junction; if it has not within a minute, it comes back inside and the catheter is drawn
+  it is then drawn back, tip first, to just short of the first arch vessel (pushed first,
+  its loop going down, if its tip is already past that point). From its tip the arch
+  vessels lie ahead, and the wire goes out of it and selects the vessel as at any
+  junction, aimed only with its angled tip out of the catheter and never pulled back
+  inside it; if it has not within a minute, it comes back inside and the catheter is drawn
   on to the next parking. The exchange is then made over the wire.
 * **change the catheter** (types I and II): when three selections of the arch vessel (a
   hook, then the probes) have failed with the vertebral catheter, it is changed for a
@@ -130,6 +132,11 @@ SIMMONS_PARK_MM = (18.0, 8.0, -2.0, -12.0)
 SIMMONS_PARKING_S = 60.0  # simulated time the wire is given at one parking before the catheter is moved on
 SIMMONS_MOUTH_MM = 40.0  # from a parking, the wire must be seen this far into the selected vessel; then on to the neck
 SIMMONS_WIRE_IN_MM = 100.0  # between parkings the wire waits this far inside the catheter (out of its loop)
+#: from the formed catheter the wire is aimed only with its tip this far out (its 3-11 mm angled
+#: segment out of the catheter's tip), and its pull-backs stop there: turned inside the catheter
+#: the wire's tip did not move, and each push went where the catheter pointed
+SIMMONS_TIP_OUT_MM = 12.0
+SIMMONS_PARK_PUSH_MM = 80.0  # a formed catheter whose tip is past its parking is pushed at most this far to bring it back
 SIMMONS_FALLBACK = "simmons2_5F"  # the reverse-curve catheter changed for a vertebral that will not take the vessel
 SELECT_TRIES_BEFORE_CHANGE = 3  # selections (hook, then probes) tried with the vertebral catheter before the change
 
@@ -280,6 +287,9 @@ class _Operator:
         self.successor: _Operator | None = None  # the operator this one handed over to (another roadmap)
         self.restarts = 0  # stretches started again (see _start_again)
         self.select_tries: int | None = None  # selections at a branch before run() returns "not_selected"
+        #: (catheter index, mm): the lead is aimed only with its tip at least this far out of that
+        #: catheter (pushed out first), and its pull-backs stop there (a wire out of a formed Simmons)
+        self.keep_out: tuple[int, float] | None = None
 
     def set_lead(self, index: int, offsets_mm: list[float | None]) -> None:
         """Steer device ``index``; device k's hub keeps ``inserted_k = inserted_lead + offsets_mm[k]``
@@ -299,6 +309,18 @@ class _Operator:
                    if k != self.lead_index and o is not None):
                 return
             self.pulse(follow_mm_s=follow_mm_s)
+
+    def _out_mm(self) -> float:
+        """How far (mm) the lead's tip is out of the ``keep_out`` catheter's, from the hub readings
+        (+inf when no catheter is kept)."""
+        if self.keep_out is None:
+            return math.inf
+        return self.lead.inserted_mm - self.st.rods[self.keep_out[0]].inserted_mm
+
+    def _kept_in(self) -> bool:
+        """True when a pull-back must stop: the lead's tip is back to ``keep_out``'s distance out
+        of its catheter."""
+        return self.keep_out is not None and self._out_mm() <= self.keep_out[1] + 0.5
 
     # ---------------------------------------------------------------- eyes
     def see(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -356,6 +378,10 @@ class _Operator:
         past the junction (or, ``along``, against the route's own direction there), on both
         planes, each weighted by how long that way looks in projection (up to 10 mm).
         """
+        if self.keep_out is not None and self._out_mm() < self.keep_out[1]:
+            # the angled tip out of the catheter first: turned inside it, it does not move
+            self.advance_by(self.keep_out[1] - self._out_mm(), 10.0)
+            self.where((-20.0, 40.0))
         ahead = self.route.point(min(s_junction + AIM_AHEAD_MM, self.route.arc[-1]))
         start = self.route.point(s_junction)
         n_steps = int(round(360.0 / AIM_STEP_DEG))
@@ -418,7 +444,7 @@ class _Operator:
                 self.advance_by(depth + 5.0, 10.0, HOOK_SPIN_DEG_S)
                 s3, off = self.where((-20.0, depth + 20.0))
                 return s3 > j + depth and not off
-            if s2 < j - 12.0:
+            if s2 < j - 12.0 or self._kept_in():
                 break
         return False
 
@@ -696,11 +722,12 @@ class _Operator:
         return True
 
     def _pull_back(self, done: Callable[[float, bool], bool], max_pulses: int) -> None:
-        """Pull the lead back at 20 mm/s, pulse by pulse, until ``done(arc, off the roadmap)``."""
+        """Pull the lead back at 20 mm/s, pulse by pulse, until ``done(arc, off the roadmap)``, or
+        until its tip is back to ``keep_out``'s distance out of its catheter."""
         for _ in range(max_pulses):
             self.pulse(-20.0)
             s2, off2 = self.where((-60.0, 10.0))
-            if done(s2, off2):
+            if done(s2, off2) or self._kept_in():
                 break
 
     def run(self, goal: float, catheter: int | None = None) -> str:
@@ -961,9 +988,29 @@ def _form_simmons(op: _Operator, tree: VesselTree, target: str, rng: np.random.G
 
 def _park_simmons(asc: _Operator, short_mm: float) -> None:
     """Draw the formed catheter (the lead) back at 5 mm/s, tip first, until its tip is seen
-    ``short_mm`` short of the first side branch on the roadmap from the valve."""
+    ``short_mm`` short of the first side branch on the roadmap from the valve.
+
+    A tip already past that point (drawing a formed catheter back takes its tip up the arch,
+    and the unloading alone took it 12 mm past the first arch branch, type II seed 2) is
+    brought back first: the catheter pushed at 5 mm/s, its loop going down into the
+    ascending aorta, ``SIMMONS_PARK_PUSH_MM`` at most (and never past the catheter's full length:
+    unbounded, that push ran on to the time limit, type II seed 2)."""
     route, st = asc.route, asc.st
     first = min(route.side_branches, default=float(route.arc[-1]))
+    s_c, _ = asc.where((-20.0, 40.0))
+    if s_c > first - short_mm + 3.0:
+        start = asc.lead.inserted_mm
+        for _ in range(int(SIMMONS_PARK_PUSH_MM / (5.0 * PULSE_STEPS * st.dt)) + 1):
+            # (the hub at the sheath, or slipping in the fingers, the push goes no further)
+            if asc.lead.inserted_mm - start >= SIMMONS_PARK_PUSH_MM or \
+                    asc.lead.inserted_mm >= asc.lead.max_inserted_mm - 0.5:
+                break
+            asc.pulse(5.0)
+            s_c, _ = asc.where((-40.0, 20.0))
+            if s_c <= first - short_mm:
+                break
+        asc.log.append(f"t={st.time_s:.2f}s the formed catheter's tip past its parking: pushed "
+                       f"{asc.lead.inserted_mm - start:.0f} mm, its tip seen at {asc.s:.0f} mm from the valve")
     for _ in range(int(400.0 / (5.0 * PULSE_STEPS * st.dt))):
         s_c, _ = asc.where((-20.0, 40.0))
         if s_c >= first - short_mm:
@@ -990,7 +1037,9 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
        tip first, until its tip is seen the first of ``SIMMONS_PARK_MM`` short of the first
        arch branch.
     4. The wire goes out of its tip, the catheter held: from here the arch vessels leave
-       forwards, and are aimed at like any junction. Seen ``SIMMONS_MOUTH_MM`` into the
+       forwards, and are aimed at like any junction, the wire's tip first put
+       ``SIMMONS_TIP_OUT_MM`` out of the catheter, its pull-backs stopping there (the
+       operator's ``keep_out``). Seen ``SIMMONS_MOUTH_MM`` into the
        vessel the route takes within ``SIMMONS_PARKING_S``, it goes on to ``goal_past_mm``
        into ``goal_name``; otherwise it comes back ``SIMMONS_WIRE_IN_MM`` inside the
        catheter, the catheter is drawn on to the next parking, and the wire tries again.
@@ -1022,6 +1071,7 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
         asc.advance_by(cath.inserted_mm - wire.inserted_mm - 5.0, 40.0)
         asc.s = 0.0
         asc.where((0.0, float(route.arc[-1])))
+        asc.keep_out = (0, SIMMONS_TIP_OUT_MM)
         deadline = asc.max_sim_s
         asc.max_sim_s = min(deadline, st.time_s + SIMMONS_PARKING_S)
         try:
@@ -1032,6 +1082,7 @@ def _simmons(op: _Operator, tree: VesselTree, target: str, goal_name: str, goal_
             outcome = "gave_up"
         finally:
             asc.max_sim_s = deadline
+            asc.keep_out = None
         if outcome == "reached":
             asc.log.append(f"t={st.time_s:.2f}s the wire is seen {SIMMONS_MOUTH_MM:.0f} mm up the vessel it "
                            f"selected from the formed catheter (parking {k + 1})")
