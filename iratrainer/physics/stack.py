@@ -574,42 +574,25 @@ def _link_pair_kernel(sigma_i, ins_i, sigma_o, ins_o):  # pragma: no cover - num
     sits in and the fraction β along it (see :meth:`DeviceStack._link_pairs`)."""
     K = sigma_o.shape[0]
     n = sigma_i.shape[0]
+    so = np.empty(n)
     m = 0
     for k in range(n):
-        so = ins_o - (ins_i - sigma_i[k])  # the node's σ on the outer device
-        if so >= 0.0 and so <= ins_o - 0.1:
+        so[k] = ins_o - (ins_i - sigma_i[k])  # the node's σ on the outer device
+        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
             m += 1
     ks = np.empty(m, np.int64)
-    o1 = np.empty(m, np.int64)
-    o2 = np.empty(m, np.int64)
-    beta = np.empty(m)
-    # the fractional index of each node's σ among the outer nodes' (σ_0 .. σ_K-1, then the hub
-    # at ins_o): one walk, both increasing; the arithmetic of np.interp over (xp, 0..K), bit for bit
-    j = 0
     q = 0
     for k in range(n):
-        so = ins_o - (ins_i - sigma_i[k])
-        if not (so >= 0.0 and so <= ins_o - 0.1):
-            continue
-        while j < K and (sigma_o[j + 1] if j + 1 < K else ins_o) <= so:
-            j += 1
-        x_j = sigma_o[j] if j < K else ins_o
-        if so < sigma_o[0]:
-            pos = 0.0
-        elif j == K or x_j == so:
-            pos = float(j)
-        else:
-            x_j1 = sigma_o[j + 1] if j + 1 < K else ins_o
-            slope = 1.0 / (x_j1 - x_j)
-            pos = slope * (so - x_j) + j
-            if np.isnan(pos):
-                pos = slope * (so - x_j1) + (j + 1)
-        ks[q] = k
-        i1 = min(int(np.floor(pos)), K)
-        o1[q] = i1
-        o2[q] = min(i1 + 1, K)
-        beta[q] = pos - i1
-        q += 1
+        if so[k] >= 0.0 and so[k] <= ins_o - 0.1:
+            ks[q] = k
+            q += 1
+    xp = np.empty(K + 1)
+    xp[:K] = sigma_o
+    xp[K] = ins_o
+    pos = np.interp(so[ks], xp, np.arange(K + 1.0))
+    o1 = np.minimum(np.floor(pos).astype(np.int64), K)
+    o2 = np.minimum(o1 + 1, K)
+    beta = pos - o1
     return ks, o1, o2, beta
 
 

@@ -990,11 +990,11 @@ def _park_simmons(asc: _Operator, short_mm: float) -> None:
     """Draw the formed catheter (the lead) back at 5 mm/s, tip first, until its tip is seen
     ``short_mm`` short of the first side branch on the roadmap from the valve.
 
-    A tip already past that point (drawing a formed catheter back takes its tip up the arch,
-    and the unloading alone took it 12 mm past the first arch branch, type II seed 2) is
+    A tip already past that point (drawing a formed catheter back takes its tip up the arch;
+    in type II seed 2 the unloading alone left it 12 mm past the first arch branch) is
     brought back first: the catheter pushed at 5 mm/s, its loop going down into the
-    ascending aorta, ``SIMMONS_PARK_PUSH_MM`` at most (and never past the catheter's full length:
-    unbounded, that push ran on to the time limit, type II seed 2)."""
+    ascending aorta, ``SIMMONS_PARK_PUSH_MM`` at most and never past the catheter's full
+    length (that catheter was fully inserted: unbounded, the push ran on to the time limit)."""
     route, st = asc.route, asc.st
     first = min(route.side_branches, default=float(route.arc[-1]))
     s_c, _ = asc.where((-20.0, 40.0))
